@@ -1,0 +1,50 @@
+"""``crop`` command line: one sub-command per module, imported only when it is run.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Adding a command
+means adding one line to ``COMMANDS``; ``crop --help`` stays fast because nothing heavy is
+imported until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("crop.data.validate_cmd", "validate a built dataset folder against schemas/"),
+    "show": ("crop.viz.show", "render shard samples as PNG with the 8x8 grid and region"),
+    "report": ("crop.viz.report", "write a static HTML report of a built dataset"),
+    "card": ("crop.data.card", "(re)write the dataset card README.md beside the shards"),
+    "publish": ("crop.data.publish", "upload shards, card and manifest to a Hub dataset repo"),
+    "train-localizer": ("crop.train.localizer", "fine-tune the Qwen2-VL localizer on the shards"),
+    "predict-regions": ("crop.models.localizer_cmd", "predict regions with a trained localizer"),
+    "eval-localizer": ("crop.eval.localization", "area recall / IoU of a localizer on shards"),
+    "train-plc": ("crop.train.plc", "co-fine-tune LLaVA-1.5 with the PLC module"),
+    "eval": ("crop.eval.runner", "run a model x method x budget over a benchmark and score it"),
+    "score": ("crop.eval.score_cmd", "score an answer file with a benchmark's official rules"),
+    "table": ("crop.eval.tables", "assemble a Table-2-style results table from several runs"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="crop", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        parser.error(f"unknown command {name!r}; choose from: {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"crop {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    return int(module.run(cmd_parser.parse_args(argv[1:])) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The sample contract: constructors that always emit every key, and JSON Schema validation.
+
+The schemas live in ``schemas/*.schema.json`` (shipped as the ``schemas`` package). Readers and
+tests validate real outputs against them; the pipeline builds records only through
+:func:`region_record` and :func:`instruction_record`, so region and instruction samples can never
+drift apart in their key sets.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from typing import Any, Mapping, Sequence
+
+SCHEMA_VERSION = 1
+_KEY_OK = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def make_key(source: str, source_id: str) -> str:
+    """Stable, dot-free sample key from the source and the source's own id.
+
+    ``<source>-<first 20 hex of sha256(source_id)>``: independent of worker order and run, and
+    safe as a WebDataset key (no dots, no slashes).
+    """
+    digest = hashlib.sha256(source_id.encode("utf-8")).hexdigest()[:20]
+    key = f"{source}-{digest}"
+    if not _KEY_OK.match(key):
+        raise ValueError(f"source {source!r} gives an invalid key {key!r}")
+    return key
+
+
+def _record(**fields: Any) -> dict:
+    rec = {
+        "schema_version": SCHEMA_VERSION,
+        "key": None,
+        "kind": None,
+        "source": None,
+        "source_id": None,
+        "source_file": None,
+        "image": None,
+        "image_width": None,
+        "image_height": None,
+        "conversations": None,
+        "question": None,
+        "answer": None,
+        "boxes_xyxy_px": None,
+        "union_box_xyxy_px": None,
+        "region_blocks": None,
+        "grid_size": None,
+    }
+    unknown = set(fields) - set(rec)
+    if unknown:
+        raise TypeError(f"unknown sample fields: {sorted(unknown)}")
+    rec.update(fields)
+    return rec
+
+
+def region_record(*, source: str, source_id: str, source_file: str, image: str, image_width: int,
+                  image_height: int, question: str, answer: str, prompt: str, target: str,
+                  boxes_xyxy_px: Sequence[Sequence[float]], union_box_xyxy_px: Sequence[float],
+                  region_blocks: Sequence[int], grid_size: int) -> dict:
+    return _record(
+        key=make_key(source, source_id), kind="region", source=source, source_id=source_id,
+        source_file=source_file, image=image, image_width=image_width, image_height=image_height,
+        conversations=[{"from": "human", "value": prompt}, {"from": "gpt", "value": target}],
+        question=question, answer=answer,
+        boxes_xyxy_px=[[float(v) for v in b] for b in boxes_xyxy_px],
+        union_box_xyxy_px=[float(v) for v in union_box_xyxy_px],
+        region_blocks=[int(v) for v in region_blocks], grid_size=grid_size,
+    )
+
+
+def instruction_record(*, source_id: str, source_file: str, image: str | None,
+                       image_width: int | None, image_height: int | None,
+                       conversations: Sequence[Mapping[str, str]]) -> dict:
+    return _record(
+        key=make_key("llava", source_id), kind="instruction", source="llava", source_id=source_id,
+        source_file=source_file, image=image, image_width=image_width, image_height=image_height,
+        conversations=[{"from": c["from"], "value": c["value"]} for c in conversations],
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(name: str):
+    import jsonschema
+    from referencing import Registry, Resource
+
+    import schemas
+
+    resources = []
+    for other in schemas.NAMES:
+        doc = json.loads(schemas.path(other).read_text(encoding="utf-8"))
+        resources.append((doc["$id"], Resource.from_contents(doc)))
+    registry = Registry().with_resources(resources)
+    doc = json.loads(schemas.path(name).read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(doc)
+    cls.check_schema(doc)
+    return cls(doc, registry=registry)
+
+
+class ContractError(ValueError):
+    """A record does not satisfy its schema; the message lists every violation with its path."""
+
+
+def validate(record: Mapping, name: str = "sample") -> None:
+    """Raise :class:`ContractError` if ``record`` violates ``schemas/<name>.schema.json``."""
+    errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(e.absolute_path))
+    if errors:
+        where = record.get("key") or record.get("shard") or record.get("name") or "record"
+        lines = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:10]]
+        raise ContractError(f"{name} {where!s} violates the contract:\n  " + "\n  ".join(lines))
+
+
+def sample_features():
+    """``datasets.Features`` of the sample record, declared so no field is inferred away."""
+    from datasets import Features, List, Value
+
+    return Features({
+        "schema_version": Value("int32"),
+        "key": Value("string"),
+        "kind": Value("string"),
+        "source": Value("string"),
+        "source_id": Value("string"),
+        "source_file": Value("string"),
+        "image": Value("string"),
+        "image_width": Value("int32"),
+        "image_height": Value("int32"),
+        "conversations": List({"from": Value("string"), "value": Value("string")}),
+        "question": Value("string"),
+        "answer": Value("string"),
+        "boxes_xyxy_px": List(List(Value("float64"))),
+        "union_box_xyxy_px": List(Value("float64")),
+        "region_blocks": List(Value("int32")),
+        "grid_size": Value("int32"),
+    })

@@ -1,0 +1,77 @@
+"""The localizer sample template (paper App. A) and the answer-string parsers.
+
+Prompt (human turn)::
+
+    <image>\\n{question} Please identify the region that can help you answer the question better.
+
+Target (gpt turn)::
+
+    {x_min} {y_min} {x_max} {y_max}.
+
+Decision on the trailing period: Appendix A prints the target as ``<x_min> <y_min> <x_max>
+<y_max>.`` and a localizer trained on the paper's data ends its answer with that period, so our
+target keeps it (``TRAILING_PERIOD = True``; recipes can switch it off). Both parsers accept the
+answer with or without it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from crop.geometry.regions import Region
+
+IMAGE_TOKEN = "<image>"
+REGION_PROMPT_SUFFIX = "Please identify the region that can help you answer the question better."
+TRAILING_PERIOD = True
+
+_STRICT = re.compile(r"^\s*(-?\d+) (-?\d+) (-?\d+) (-?\d+)\.?\s*$")
+_INT = re.compile(r"(?<![\d.])-?\d+(?![\d.])")
+
+
+class RegionParseError(ValueError):
+    """The localizer's answer is not a valid region; the message says what was wrong."""
+
+
+def render_region_prompt(question: str, with_image_token: bool = True) -> str:
+    """Human turn of a region sample, LLaVA style (``<image>`` on its own first line)."""
+    question = question.strip()
+    text = f"{question} {REGION_PROMPT_SUFFIX}"
+    return f"{IMAGE_TOKEN}\n{text}" if with_image_token else text
+
+
+def format_region(region: Region | tuple[int, int, int, int], grid: int = 8,
+                  trailing_period: bool = TRAILING_PERIOD) -> str:
+    """Region -> ``"x_min y_min x_max y_max."``."""
+    r = Region(*region).check(grid)
+    return " ".join(str(v) for v in r) + ("." if trailing_period else "")
+
+
+def parse_region_strict(text: str, grid: int = 8) -> Region:
+    """Parse exactly four space-separated integers (optional trailing period).
+
+    Raises :class:`RegionParseError` naming the problem: wrong shape, value out of range, or
+    swapped min/max.
+    """
+    m = _STRICT.match(text)
+    if not m:
+        raise RegionParseError(
+            f"expected 'x_min y_min x_max y_max' (four integers, optional '.'), got {text!r}"
+        )
+    region = Region(*(int(g) for g in m.groups()))
+    try:
+        return region.check(grid)
+    except ValueError as e:
+        raise RegionParseError(f"{e} in answer {text!r}") from None
+
+
+def parse_region_lenient(text: str, grid: int = 8) -> Region | None:
+    """Take the first four in-range integers in the text, in order; ``None`` if there are fewer.
+
+    Swapped pairs are put in order (``5 1 2 3`` -> x 2..5): a lenient parse prefers a usable
+    region to a fallback.
+    """
+    values = [int(t) for t in _INT.findall(text) if 0 <= int(t) < grid]
+    if len(values) < 4:
+        return None
+    x0, y0, x1, y1 = values[:4]
+    return Region(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
