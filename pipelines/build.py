@@ -1,0 +1,339 @@
+"""The main job: Visual-CoT boxes + LLaVA instructions -> deterministic WebDataset shards.
+
+Graph (each step a thin shell over a pure function in ``pipelines.*``)::
+
+    input files --ReadInputs--> (source, file, line, payload) --Reshuffle--> Parse --+--> rejects
+                                      |                                             |
+                                      +--> Count per source ("read")                v
+    candidates --GroupByKey(key)--> Dedup --+--> rejects (duplicate_key)      candidates
+                                            v
+    (source, sort_hash) --CombinePerKey(ToList)--> Select (cap/fraction, bottom-k by hash)
+                                            |  side input
+    candidates --AssignShard--> (shard, candidate) --GroupByKey--> WriteShard (reads images,
+        finalizes records, writes tar + stats marker) --> shard stats
+    shard stats + rejects + counts + input checksums --> WriteOutputs (manifest, stats, rejects,
+        reconciliation, dataset card)
+
+Only small candidates travel through shuffles; image bytes are read by the writer of their shard.
+Mixing: within each source, selected samples are ranked by a seeded hash and dealt round-robin
+over all shards, with per-source offsets, so every shard holds every source in proportion.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import shards as io_
+from pipelines import summary
+from pipelines.finalize import finalize
+from pipelines.recipe import VISUAL_COT_SOURCES, Recipe
+from pipelines.sources import (
+    STAGE_DEDUP,
+    STAGE_IMAGE,
+    Rejected,
+    parse_cot_line,
+    parse_llava_item,
+    parse_viscot_llava_item,
+    reject_record,
+)
+
+log = logging.getLogger("crop.build")
+REJECTS = "rejects"
+
+
+# --------------------------------------------------------------------------- inputs
+def list_inputs(recipe: Recipe) -> list[tuple[str, str, str]]:
+    """``(format, source_tag, path)`` for every input file the recipe names; errors name the file."""
+    ins, out = recipe.inputs, []
+    if ins.visual_cot_dir:
+        for source in sorted(recipe.sources):
+            path = io_.join(ins.visual_cot_dir, f"{source}_cot_train.jsonl")
+            if not FileSystems.exists(path):
+                raise FileNotFoundError(f"recipe source {source!r}: {path} does not exist")
+            out.append(("cot_jsonl", source, path))
+    if ins.visual_cot_llava_json:
+        if not FileSystems.exists(ins.visual_cot_llava_json):
+            raise FileNotFoundError(f"recipe.inputs.visual_cot_llava_json: {ins.visual_cot_llava_json} does not exist")
+        out.append(("viscot_llava", "", ins.visual_cot_llava_json))
+    if ins.llava_json and recipe.llava.cap != 0:
+        if not FileSystems.exists(ins.llava_json):
+            raise FileNotFoundError(f"recipe.inputs.llava_json: {ins.llava_json} does not exist")
+        out.append(("llava_json", "llava", ins.llava_json))
+    return out
+
+
+def read_input(spec: tuple[str, str, str]) -> Iterator[tuple[str, str, int, object]]:
+    """Yield ``(source, file_name, line, payload)``: a text line (JSONL) or a parsed element.
+
+    JSON lists are read incrementally with ijson (the LLaVA file is ~1 GB). A file that is not
+    valid JSON fails the build naming the element where parsing stopped: records after it cannot
+    be read, and silently losing them would break the counts.
+    """
+    import ijson
+
+    fmt, tag, path = spec
+    name = posixpath.basename(path)
+    if fmt == "cot_jsonl":
+        with FileSystems.open(path) as f:
+            for i, raw in enumerate(f, start=1):
+                text = raw.decode("utf-8", errors="replace")
+                if text.strip():
+                    yield tag, name, i, text
+        return
+    with FileSystems.open(path) as f:
+        i = 0
+        try:
+            for i, obj in enumerate(ijson.items(f, "item", use_float=True)):
+                source = tag
+                if fmt == "viscot_llava":
+                    ds = obj.get("dataset") if isinstance(obj, dict) else None
+                    source = ds if ds in VISUAL_COT_SOURCES else "unknown"
+                yield source, name, i + 1, obj
+        except ijson.JSONError as e:
+            raise ValueError(f"{path}: not a valid JSON list near element {i + 2}: {e}") from None
+
+
+class ParseFn(beam.DoFn):
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def process(self, el):
+        source, file, line, payload = el
+        r = self.recipe
+        try:
+            if file.endswith("_cot_train.jsonl"):
+                cand = parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
+                                      seed=r.seed, grid=r.grid_size, policy=r.multi_box)
+            elif source == "llava":
+                cand = parse_llava_item(payload, file, line - 1, seed=r.seed)
+            else:
+                cand = parse_viscot_llava_item(payload, file, line - 1, seed=r.seed,
+                                               known_sources=list(VISUAL_COT_SOURCES))
+        except Rejected as e:
+            rid = None
+            if isinstance(payload, dict) and isinstance(payload.get("id", payload.get("question_id")), (int, str)):
+                rid = str(payload.get("id", payload.get("question_id")))
+            yield beam.pvalue.TaggedOutput(REJECTS, reject_record(source, file, line, rid, e))
+            return
+        yield cand
+
+
+def dedup(kv) -> Iterator:
+    """Keep the first record of a key (by file, line); the others are ``duplicate_key`` rejects."""
+    key, cands = kv
+    cands = sorted(cands, key=lambda c: (c["source_file"], c["line"]))
+    yield cands[0]
+    for c in cands[1:]:
+        err = Rejected(STAGE_DEDUP, "duplicate_key",
+                       f"key {key} already taken by {cands[0]['source_file']}:{cands[0]['line']}")
+        yield beam.pvalue.TaggedOutput(REJECTS, reject_record(c["source"], c["source_file"], c["line"],
+                                                              c["source_id"], err))
+
+
+# --------------------------------------------------------------------------- selection and shards
+def select(kv, recipe: Recipe) -> tuple[str, dict]:
+    """Bottom-k by seeded hash: the same seed and inputs select the same records anywhere."""
+    source, hashes = kv
+    spec = recipe.llava if source == "llava" else recipe.sources.get(source)
+    hashes = sorted(hashes)
+    n = 0 if spec is None else spec.resolve(len(hashes))
+    wanted = None if spec is None else (spec.cap if spec.cap is not None else n)
+    if spec is not None and spec.cap is not None and spec.cap > len(hashes):
+        msg = f"recipe cap for {source} is {spec.cap} but only {len(hashes)} valid records exist; taking all"
+        if recipe.strict_caps:
+            raise ValueError(msg + " (strict_caps is set)")
+        log.warning(msg)
+    return source, {"selected_hashes": hashes[:n], "selected": n, "available": len(hashes), "wanted": wanted}
+
+
+class AssignShardFn(beam.DoFn):
+    """Deal each source's selected records round-robin over all shards (by hash rank)."""
+
+    def __init__(self, max_samples: int):
+        self.max_samples = max_samples
+        self._plan = None
+
+    def _make_plan(self, selection: dict):
+        total = sum(v["selected"] for v in selection.values())
+        n_shards = max(1, math.ceil(total / self.max_samples)) if total else 0
+        offsets, acc = {}, 0
+        for s in sorted(selection):
+            offsets[s] = acc
+            acc += selection[s]["selected"]
+        return n_shards, offsets
+
+    def process(self, cand, selection):
+        if self._plan is None or self._plan[0] is not selection:
+            self._plan = (selection, self._make_plan(selection))
+        n_shards, offsets = self._plan[1]
+        hashes = selection.get(cand["source"], {}).get("selected_hashes", [])
+        rank = bisect.bisect_left(hashes, cand["sort_hash"])
+        if rank < len(hashes) and hashes[rank] == cand["sort_hash"]:  # else above the cap
+            yield (offsets[cand["source"]] + rank) % n_shards, cand
+
+
+def _read_image(root: str, cand: dict) -> tuple[str, bytes]:
+    tried = []
+    for d in cand["image_dirs"]:
+        rel = posixpath.join(d, cand["image_rel"]) if d else cand["image_rel"]
+        path = io_.join(root, rel)
+        tried.append(path)
+        try:
+            return rel, io_.read_bytes(path)
+        except (FileNotFoundError, OSError, IOError):
+            continue
+        except Exception as e:  # noqa: BLE001 - Beam wraps missing files in BeamIOError
+            if "not found" in str(e).lower() or "no such file" in str(e).lower():
+                continue
+            raise
+    raise Rejected(STAGE_IMAGE, "missing_image", "image not found at " + " or ".join(tried))
+
+
+class WriteShardFn(beam.DoFn):
+    """Read the images of one shard, finalize its records, write the tar and its stats marker."""
+
+    def __init__(self, recipe: Recipe, out_dir: str):
+        self.recipe, self.out_dir = recipe, out_dir
+
+    def process(self, kv) -> Iterator[dict]:
+        index, cands = kv
+        shard = io_.shard_file_name(self.recipe.shard_name, index)
+        stats_path = io_.join(self.out_dir, io_.stats_file_name(shard))
+        if io_.exists(stats_path) and io_.exists(io_.join(self.out_dir, shard)):
+            log.info("shard %s already complete, skipped", shard)
+            yield json.loads(io_.read_bytes(stats_path))
+        else:
+            yield self._write(shard, stats_path, cands)
+
+    def _write(self, shard: str, stats_path: str, cands) -> dict:
+        r = self.recipe
+        cands = sorted(cands, key=lambda c: c["key"])
+        rejects, per_source, per_kind = [], {}, {}
+        sample_stats = summary.empty_sample_stats()
+
+        def samples() -> Iterator:
+            for c in cands:
+                try:
+                    rel, data = (None, None)
+                    if c["image_rel"] is not None:
+                        rel, data = _read_image(r.inputs.image_root, c)
+                    rec, ext, info = finalize(c, rel, data, grid=r.grid_size, policy=r.multi_box,
+                                              trailing_period=r.trailing_period, check=r.image_check)
+                except Rejected as e:
+                    rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], e))
+                    continue
+                per_source[c["source"]] = per_source.get(c["source"], 0) + 1
+                per_kind[c["kind"]] = per_kind.get(c["kind"], 0) + 1
+                summary.add_sample(sample_stats, rec, info or c["boxes_info"])
+                yield rec["key"], rec, data, ext
+
+        info = io_.write_shard(io_.join(self.out_dir, shard), samples())
+        stats = {"schema_version": summary.SCHEMA_VERSION, "shard": shard,
+                 "samples": sum(per_source.values()), **info,
+                 "per_source": dict(sorted(per_source.items())), "per_kind": dict(sorted(per_kind.items())),
+                 "rejects": rejects, "sample_stats": sample_stats}
+        io_.write_json(stats_path, stats)  # written last: marks the shard complete
+        log.info("wrote %s: %d samples, %.1f MB, %d rejected", shard, stats["samples"],
+                 stats["bytes"] / 1e6, len(rejects))
+        return stats
+
+
+def checksum(spec: tuple[str, str, str]) -> dict:
+    h, n = hashlib.sha256(), 0
+    with FileSystems.open(spec[2], compression_type="uncompressed") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return {"path": spec[2], "bytes": n, "sha256": h.hexdigest()}
+
+
+def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read, selection, inputs):
+    manifest, stats, all_rejects = summary.build_outputs(
+        name=recipe.name, recipe=recipe.to_dict(), shard_stats=shard_stats, rejects=rejects,
+        read=dict(read), selection={s: {k: v[k] for k in ("selected", "available", "wanted")}
+                                    for s, v in selection.items()},
+        inputs=inputs)
+    io_.atomic_write(io_.join(out_dir, "rejects.jsonl"),
+                     "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in all_rejects).encode())
+    io_.write_json(io_.join(out_dir, "stats.json"), stats)
+    try:
+        from crop.data.card import write_card
+    except ImportError:  # pragma: no cover - the card module ships with the package
+        log.warning("crop.data.card is not available: no dataset card written")
+    else:
+        write_card(out_dir, manifest, stats, recipe.to_dict())
+    io_.write_json(io_.join(out_dir, "manifest.json"), manifest)  # last: the build is complete
+    return manifest["totals"]["samples"]
+
+
+# --------------------------------------------------------------------------- graph
+def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
+    specs = list_inputs(recipe)
+    files = p | "Inputs" >> beam.Create(specs)
+    raw = files | "Read" >> beam.FlatMap(read_input)
+    read_counts = raw | "SourceOf" >> beam.Map(lambda e: e[0]) | "CountRead" >> beam.combiners.Count.PerElement()
+    parsed = (raw | "Spread" >> beam.Reshuffle()
+              | "Parse" >> beam.ParDo(ParseFn(recipe)).with_outputs(REJECTS, main="ok"))
+    deduped = (parsed.ok | "ByKey" >> beam.Map(lambda c: (c["key"], c)) | "GroupByKey" >> beam.GroupByKey()
+               | "Dedup" >> beam.FlatMap(dedup).with_outputs(REJECTS, main="ok"))
+    selection = (deduped.ok | "HashBySource" >> beam.Map(lambda c: (c["source"], c["sort_hash"]))
+                 | "CollectHashes" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+                 | "Select" >> beam.Map(select, recipe))
+    shard_stats = (deduped.ok
+                   | "Assign" >> beam.ParDo(AssignShardFn(recipe.shard_max_samples), beam.pvalue.AsDict(selection))
+                   | "GroupByShard" >> beam.GroupByKey()
+                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir)))
+    rejects = (parsed[REJECTS], deduped[REJECTS]) | "AllRejects" >> beam.Flatten()
+    inputs = files | "Checksum" >> beam.Map(checksum)
+    AsList = beam.pvalue.AsList
+    (p | "Finish" >> beam.Create([None])
+       | "WriteOutputs" >> beam.Map(write_outputs, recipe=recipe, out_dir=out_dir,
+                                    shard_stats=AsList(shard_stats), rejects=AsList(rejects),
+                                    read=AsList(read_counts), selection=beam.pvalue.AsDict(selection),
+                                    inputs=AsList(inputs)))
+
+
+# --------------------------------------------------------------------------- output folder policy
+BUILD_FILE = "_build.json"
+
+
+def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
+    """Resume, refuse or wipe an existing output folder. Returns "fresh", "resume" or "overwrite"."""
+    existing = []
+    if FileSystems.exists(out_dir):
+        existing = [m.path for m in FileSystems.match([io_.join(out_dir, "*")])[0].metadata_list]
+    fp_path = io_.join(out_dir, BUILD_FILE)
+    if existing and overwrite:
+        FileSystems.delete(existing)
+        mode = "overwrite"
+    elif existing:
+        previous = json.loads(io_.read_bytes(fp_path)) if FileSystems.exists(fp_path) else None
+        if previous is None or previous.get("fingerprint") != recipe.fingerprint():
+            raise FileExistsError(
+                f"{out_dir} already holds a build of a different recipe (or no {BUILD_FILE}); "
+                "pass --overwrite to replace it or choose another --output")
+        stale = io_.list_stale_temp_files(out_dir)
+        if stale:
+            FileSystems.delete(stale)
+        mode = "resume"
+    else:
+        if io_.is_local(out_dir):
+            os.makedirs(out_dir, exist_ok=True)
+        mode = "fresh"
+    io_.write_json(fp_path, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+    return mode
+
+
+def iter_shard_paths(out_dir: str) -> Iterable[str]:
+    manifest = json.loads(io_.read_bytes(io_.join(out_dir, "manifest.json")))
+    return [io_.join(out_dir, s["shard"]) for s in manifest["shards"]]

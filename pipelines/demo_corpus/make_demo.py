@@ -1,0 +1,173 @@
+"""Regenerate the bundled demo corpus (committed; run only to change it).
+
+    python pipelines/demo_corpus/make_demo.py
+
+Writes, next to this file, a miniature of the real inputs (``shared/docs/formats.md``):
+``viscot/<source>_cot_train.jsonl`` for ten Visual-CoT sources, ``llava/llava_v1_5_mix665k.json``,
+``viscot_llava/viscot_363k.json`` (the alternative Visual-CoT input) and ``images/`` with JPEG and
+PNG images of varied sizes drawn for the purpose (a coloured object or a word at a known place).
+A few records are deliberately bad, one per rejects reason, so the demo build exercises them.
+Deterministic: the same script writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from PIL import Image, ImageDraw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = {  # source -> (image folder under images/, per-source record count)
+    "textvqa": ("cot/textvqa", 8), "textcap": ("cot/textvqa", 4), "flickr30k": ("cot/flickr30k", 8),
+    "docvqa": ("cot/docvqa", 6), "gqa": ("cot/gqa", 8), "vsr": ("cot/vsr", 4),
+    "openimages": ("cot/openimages", 6), "cub": ("cot/cub", 4), "v7w": ("cot/visual7w", 6),
+    "dude": ("cot/dude", 4),
+}
+SIZES = [(320, 240), (240, 320), (333, 250), (400, 400), (500, 211), (257, 383), (640, 480), (199, 301)]
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (230, 210, 30)}
+
+
+def draw_image(rng: random.Random, w: int, h: int, with_text: bool):
+    img = Image.new("RGB", (w, h), tuple(rng.randrange(150, 250) for _ in range(3)))
+    d = ImageDraw.Draw(img)
+    name, colour = rng.choice(sorted(COLOURS.items()))
+    bw, bh = rng.randrange(w // 8, w // 2), rng.randrange(h // 8, h // 2)
+    x1, y1 = rng.randrange(0, w - bw), rng.randrange(0, h - bh)
+    d.rectangle([x1, y1, x1 + bw, y1 + bh], fill=colour)
+    if with_text:
+        d.text((x1 + 2, y1 + 2), "CROP", fill=(0, 0, 0))
+    return img, name, [float(x1), float(y1), float(x1 + bw), float(y1 + bh)]
+
+
+def save(img, rel: str) -> None:
+    path = os.path.join(HERE, "images", rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if rel.endswith(".png"):
+        img.save(path, optimize=False)
+    else:
+        img.save(path, quality=80)
+
+
+def main() -> None:
+    rng = random.Random(0)
+    os.makedirs(os.path.join(HERE, "viscot"), exist_ok=True)
+    n_img = 0
+    for source, (folder, count) in SOURCES.items():
+        lines = []
+        for i in range(count):
+            w, h = SIZES[(n_img + i) % len(SIZES)]
+            ext = "png" if i % 3 == 2 else "jpg"
+            name = f"{source}_{i:03d}.{ext}"
+            img, colour, box = draw_image(rng, w, h, with_text=source in ("textvqa", "textcap", "docvqa", "dude"))
+            save(img, f"{folder}/{name}")
+            rec = {"question": f"What colour is the box in the picture ({i})?", "answer": colour,
+                   "image": name, "width": w, "height": h, "bboxs": [box],
+                   "dataset": source, "split": "train"}
+            if i == 1:  # several boxes, one leaving the image (clipped), merged into one union box
+                rec["bboxs"] = [box, [box[0] / 2, box[1] / 2, w + 40.0, box[3]]]
+            if source == "gqa":
+                rec["full_answer"] = f"The box is {colour}."  # extra fields are not errors
+            if source == "docvqa":
+                rec["possible_answers"] = [colour]
+            lines.append(json.dumps(rec))
+            if source == "cub":  # CUB: a second question on the same image shares the box
+                lines.append(json.dumps({**rec, "question": f"Is there a red bird ({i})?", "answer": "No"}))
+        n_img += count
+        if source == "openimages":  # an exact duplicate line: duplicate_key
+            lines.append(lines[0])
+        lines += BAD.get(source, [])
+        with open(os.path.join(HERE, "viscot", f"{source}_cot_train.jsonl"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    # A truncated JPEG and a PNG whose size disagrees with its record.
+    img, _, _ = draw_image(rng, 300, 200, False)
+    save(img, "cot/gqa/truncated.jpg")
+    path = os.path.join(HERE, "images", "cot/gqa/truncated.jpg")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    img, _, _ = draw_image(rng, 120, 90, False)
+    save(img, "cot/vsr/wrong_size.png")
+
+    # LLaVA-1.5 instruction data: int and str ids, <image> first or last, text-only records.
+    items = []
+    for i in range(24):
+        w, h = SIZES[i % len(SIZES)]
+        folder = ["coco/train2017", "gqa/images", "textvqa/train_images"][i % 3]
+        rid: object = 100000 + i if i % 2 else f"{i:09d}"
+        if i % 6 == 5:
+            items.append({"id": f"text-{i}", "model": "",
+                          "conversations": [{"from": "human", "value": "Write a haiku about tokens."},
+                                            {"from": "gpt", "value": "Few tokens remain / the region keeps what matters / the rest fades away"}]})
+            continue
+        img, colour, _ = draw_image(rng, w, h, False)
+        save(img, f"{folder}/{i:06d}.jpg")
+        q = "What colour is the box?\nAnswer the question using a single word or phrase."
+        human = f"<image>\n{q}" if i % 4 else f"{q}\n<image>"
+        items.append({"id": rid, "image": f"{folder}/{i:06d}.jpg",
+                      "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": colour.capitalize()},
+                                        {"from": "human", "value": "Is it large?"}, {"from": "gpt", "value": "No"}]})
+    items += [
+        {"id": "bad-conv", "image": "coco/train2017/000001.jpg", "conversations": [{"from": "system", "value": "x"}]},
+        {"id": "no-image", "image": "coco/train2017/does_not_exist.jpg",
+         "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Nothing"}]},
+        {"id": 100001, "image": "gqa/images/000001.jpg",  # same id as an earlier record: duplicate key
+         "conversations": [{"from": "human", "value": "<image>\nAgain?"}, {"from": "gpt", "value": "Yes"}]},
+        {"image": "gqa/images/000001.jpg", "conversations": []},
+    ]
+    os.makedirs(os.path.join(HERE, "llava"), exist_ok=True)
+    with open(os.path.join(HERE, "llava", "llava_v1_5_mix665k.json"), "w") as f:
+        json.dump(items, f, indent=1)
+
+    # Visual-CoT LLaVA-format alternative: boxes normalized to the padded square, pixel box after ###.
+    vis = []
+    for source in ("flickr30k", "gqa", "vsr"):
+        folder = SOURCES[source][0]
+        for i in range(3):
+            w, h = SIZES[(i + len(source)) % len(SIZES)]
+            img, colour, box = draw_image(rng, w, h, False)
+            rel = f"{folder}/llavafmt_{i}.jpg"
+            save(img, rel)
+            s = max(w, h)
+            dx, dy = ((0, (w - h) // 2) if w > h else ((h - w) // 2, 0))
+            norm = [round((box[0] + dx) / s, 3), round((box[1] + dy) / s, 3),
+                    round((box[2] + dx) / s, 3), round((box[3] + dy) / s, 3)]
+            q = "What colour is the box?"
+            vis.append({"dataset": source, "split": "train", "question_id": len(vis) + 1,
+                        "image": [rel, f"{rel}###[{int(box[0])}, {int(box[1])}, {int(box[2])}, {int(box[3])}]"],
+                        "conversations": [
+                            {"from": "human", "value": "<image>\n" + q + " Please provide the bounding box coordinate of the region that can help you answer the question better."},
+                            {"from": "gpt", "value": json.dumps(norm)},
+                            {"from": "human", "value": "<image>"},
+                            {"from": "gpt", "value": colour}]})
+    os.makedirs(os.path.join(HERE, "viscot_llava"), exist_ok=True)
+    with open(os.path.join(HERE, "viscot_llava", "viscot_363k.json"), "w") as f:
+        json.dump(vis, f, indent=1)
+
+
+def _bad(**kw) -> str:
+    base = {"question": "Which box?", "answer": "red", "image": "textvqa_000.jpg", "width": 320,
+            "height": 240, "bboxs": [[10, 10, 50, 50]], "dataset": "textvqa", "split": "train"}
+    base.update(kw)
+    return json.dumps(base)
+
+
+# One deliberately bad record per rejects reason, spread over sources.
+BAD = {
+    "textvqa": ['{"question": "broken json", ', json.dumps({"question": "Missing width", "answer": "a", "image": "textvqa_000.jpg",
+                                                     "height": 240, "bboxs": [[1, 1, 5, 5]]})],
+    "flickr30k": ['{"question": "NaN box", "answer": "x", "image": "flickr30k_000.jpg", "width": 320, '
+                  '"height": 240, "bboxs": [[1, 2, NaN, 4]], "dataset": "flickr30k", "split": "train"}',
+                  _bad(question="Mistyped height", image="flickr30k_000.jpg", height="240")],
+    "docvqa": [_bad(question="Empty boxes", image="docvqa_000.jpg", bboxs=[])],
+    "dude": [_bad(question="Outside", image="dude_000.jpg", width=320, height=240, bboxs=[[400, 10, 500, 50]]),
+             _bad(question="Degenerate", image="dude_000.jpg", width=320, height=240, bboxs=[[100, 50, 100, 80]])],
+    "gqa": [_bad(question="Missing image", image="no_such_file.jpg"),
+            _bad(question="Truncated", image="truncated.jpg", width=300, height=200)],
+    "vsr": [_bad(question="Wrong size", image="wrong_size.png", width=100, height=90)],
+    "cub": [],
+    "openimages": [],
+}
+
+if __name__ == "__main__":
+    main()

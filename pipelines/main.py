@@ -1,0 +1,89 @@
+"""Driver of the main job: flags -> recipe + PipelineOptions -> ``pipelines.build`` -> summary.
+
+Our own flags are parsed here; every other flag goes to Beam's ``PipelineOptions`` unchanged, so
+``--runner DataflowRunner --project ... --region ... --temp_location gs://...`` or
+``--runner FlinkRunner --flink_master ...`` work as Beam documents them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo.yaml")
+
+
+def parse_args(argv: list[str] | None):
+    p = argparse.ArgumentParser(
+        prog="beam_runner.py",
+        description="Build CROP localization + instruction WebDataset shards. Unknown flags go to Beam.")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe YAML (default: the bundled demo)")
+    p.add_argument("--output", default=None, help="output folder (local or gs://, s3://, hdfs://); "
+                   "default shards/<recipe name>")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--visual-cot-dir", help="override recipe.inputs.visual_cot_dir")
+    p.add_argument("--visual-cot-llava-json", help="override recipe.inputs.visual_cot_llava_json")
+    p.add_argument("--llava-json", help="override recipe.inputs.llava_json")
+    p.add_argument("--image-root", help="override recipe.inputs.image_root")
+    p.add_argument("--shard-max-samples", type=int, help="override recipe shards.max_samples")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_known_args(argv)
+
+
+def make_options(beam_args: list[str]):
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+    opts = PipelineOptions(beam_args)
+    std = opts.view_as(StandardOptions)
+    if std.runner is None:
+        std.runner = "DirectRunner"
+    if std.runner in ("Direct", "DirectRunner", "direct"):
+        mode = opts.view_as(DirectOptions).direct_running_mode
+        if mode == "multi_threading":
+            raise SystemExit(
+                "error: --direct_running_mode=multi_threading is not supported: Beam 2.77's "
+                "multi-threaded direct mode has been seen to lose elements; use in_memory (default) "
+                "or multi_processing with --direct_num_workers N")
+    return opts
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the build; returns the manifest. Raises on any failure (including reconciliation)."""
+    args, beam_args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("crop").setLevel(args.log_level)
+
+    import apache_beam as beam
+
+    from pipelines import build, summary
+    from pipelines.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    overrides = {k: getattr(args, k) for k in ("visual_cot_dir", "visual_cot_llava_json", "llava_json", "image_root")
+                 if getattr(args, k)}
+    if overrides:
+        recipe = dataclasses.replace(recipe, inputs=dataclasses.replace(recipe.inputs, **overrides))
+    if args.shard_max_samples:
+        recipe = dataclasses.replace(recipe, shard_max_samples=args.shard_max_samples)
+    out_dir = args.output or os.path.join("shards", recipe.name)
+    opts = make_options(beam_args)
+    mode = build.prepare_output(out_dir, recipe, args.overwrite)
+    log = logging.getLogger("crop.build")
+    log.info("building recipe %r into %s (%s)", recipe.name, out_dir, mode)
+
+    t0 = time.perf_counter()
+    with beam.Pipeline(options=opts) as p:
+        build.build(p, recipe, out_dir)
+    seconds = time.perf_counter() - t0
+
+    from pipelines.shards import join, read_bytes
+
+    manifest = json.loads(read_bytes(join(out_dir, "manifest.json")))
+    stats = json.loads(read_bytes(join(out_dir, "stats.json")))
+    print(summary.human_summary(manifest, stats, seconds), file=sys.stderr)
+    return manifest
