@@ -135,3 +135,21 @@ def sample_features():
         "region_blocks": List(Value("int32")),
         "grid_size": Value("int32"),
     })
+
+
+IMAGE_MEMBER_EXTS = ("jpg", "png", "webp", "gif", "bmp", "tiff")
+"""Image member extensions the pipeline writes (the decoded format, not the input file name)."""
+
+
+def shard_features():
+    """``datasets.Features`` of a shard row as the ``webdataset`` builder yields it.
+
+    Pass it as ``features=`` (or declare it in the dataset card): inference from the first rows
+    fails on our shards because rows differ in members (jpg vs png vs text-only), and declared
+    columns that a row lacks come back as None.
+    """
+    from datasets import Features, Image, Value
+
+    cols = {"__key__": Value("string"), "__url__": Value("string"), "json": sample_features()}
+    cols.update({ext: Image() for ext in IMAGE_MEMBER_EXTS})
+    return Features(cols)

@@ -6,7 +6,7 @@ travels through a shuffle. Image checks:
 * ``header`` (default): Pillow parses the header (format and size) and the file must end with its
   format's end marker (JPEG ``FFD9``, PNG ``IEND``); other formats are fully decoded. This catches
   truncated files at the cost of reading bytes already in memory, not decoding pixels.
-* ``full``: every image is fully decoded.
+* ``full``: every image is also fully decoded (slower; catches corrupt pixel data).
 
 Images are stored with their original bytes, never re-encoded; the member extension is the one of
 the decoded format (a PNG named ``.jpg`` is stored as ``.png``).
@@ -40,12 +40,11 @@ def inspect_image(data: bytes, check: str = "header") -> tuple[int, int, str]:
         raise Rejected(STAGE_IMAGE, "unreadable_image", f"{type(e).__name__}: {e}"[:300]) from None
     if fmt not in EXT_BY_FORMAT:
         raise Rejected(STAGE_IMAGE, "unreadable_image", f"unsupported image format {fmt!r}")
-    if check == "header":
-        tail = data[-64:]
-        if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
-            raise Rejected(STAGE_IMAGE, "unreadable_image", "JPEG is truncated (no end-of-image marker)")
-        if fmt == "PNG" and b"IEND" not in tail:
-            raise Rejected(STAGE_IMAGE, "unreadable_image", "PNG is truncated (no IEND chunk)")
+    # End markers, in both modes: cheap, and decoders accept a PNG that lost its IEND chunk.
+    if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
+        raise Rejected(STAGE_IMAGE, "unreadable_image", "JPEG is truncated (no end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in data[-64:]:
+        raise Rejected(STAGE_IMAGE, "unreadable_image", "PNG is truncated (no IEND chunk)")
     return w, h, EXT_BY_FORMAT[fmt]
 
 

@@ -1,0 +1,157 @@
+"""Pure per-record parsing: every rejects reason the parsers can raise, and the happy paths."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from pipelines.finalize import finalize, inspect_image
+from pipelines.sources import (
+    Rejected,
+    boxes_to_region,
+    parse_cot_line,
+    parse_llava_item,
+    parse_viscot_llava_item,
+    sort_hash,
+)
+
+GOOD = {"question": "What is red?", "answer": "box", "image": "a.jpg", "width": 800, "height": 600,
+        "bboxs": [[100, 75, 200, 150]], "dataset": "gqa", "split": "train"}
+KW = dict(seed=0, grid=8, policy="union")
+
+
+def cot(obj) -> dict:
+    text = obj if isinstance(obj, str) else json.dumps(obj)
+    return parse_cot_line("gqa", ["cot/gqa"], "gqa_cot_train.jsonl", 7, text, **KW)
+
+
+def test_cot_line_happy_path():
+    c = cot({**GOOD, "full_answer": "extra fields are fine"})
+    # 800/8 = 100 px and 600/8 = 75 px blocks: x 100..200 -> block 1 only (both edges are
+    # boundaries), y 75..150 -> block 1 only (75 and 150 are boundaries too)
+    assert c["boxes_info"]["region"] == [1, 1, 1, 1]
+    assert c["key"].startswith("gqa-") and "." not in c["key"]
+    assert c["line"] == 7 and c["image_dirs"] == ["cot/gqa"]
+
+
+@pytest.mark.parametrize("obj, stage, reason", [
+    ('{"question": "cut', "read", "malformed_json"),
+    ('[1, 2]', "parse", "mistyped_field"),
+    ({k: v for k, v in GOOD.items() if k != "width"}, "parse", "missing_field"),
+    ({k: v for k, v in GOOD.items() if k != "bboxs"}, "parse", "missing_field"),
+    ({**GOOD, "height": "600"}, "parse", "mistyped_field"),
+    ({**GOOD, "width": True}, "parse", "mistyped_field"),
+    ({**GOOD, "width": 0}, "parse", "mistyped_field"),
+    ({**GOOD, "question": None}, "parse", "mistyped_field"),
+    ({**GOOD, "bboxs": "1 2 3 4"}, "parse", "mistyped_field"),
+    ('{"question": "q", "answer": "a", "image": "a.jpg", "width": NaN, "height": 5, "bboxs": [[0,0,1,1]]}',
+     "parse", "non_finite_number"),
+    ({**GOOD, "bboxs": [[1, 2, float("inf"), 4]]}, "boxes", "non_finite_number"),
+    ({**GOOD, "bboxs": []}, "boxes", "empty_bboxs"),
+    ({**GOOD, "bboxs": [[1, 2, 3]]}, "boxes", "malformed_box"),
+    ({**GOOD, "bboxs": [[5, 2, 3, 4]]}, "boxes", "malformed_box"),
+    ({**GOOD, "bboxs": [[900, 10, 950, 50]]}, "boxes", "box_outside_image"),
+    ({**GOOD, "bboxs": [[100, 50, 100, 80]]}, "boxes", "degenerate_box_after_clip"),
+    ({**GOOD, "bboxs": [[-50, 10, 0, 80]]}, "boxes", "box_outside_image"),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None)
+def test_cot_line_rejects(obj, stage, reason):
+    with pytest.raises(Rejected) as e:
+        cot(obj)
+    assert (e.value.stage, e.value.reason) == (stage, reason)
+    assert e.value.detail
+
+
+def test_multi_box_union_clips_and_drops_bad_boxes():
+    info = boxes_to_region([[0, 0, 100, 100], [700, 500, 900, 700], [900, 900, 950, 950]], 800, 600, "union", 8)
+    # union of the first two, the second clipped to 800x600; the third lies outside and is dropped
+    assert info["union_box"] == [0.0, 0.0, 800.0, 600.0]
+    assert info["region"] == [0, 0, 7, 7]
+    assert (info["n_boxes"], info["n_clipped"], info["n_dropped"]) == (3, 1, 1)
+
+
+@pytest.mark.parametrize("policy, region", [("first", [0, 0, 0, 1]), ("largest", [4, 4, 7, 7])])
+def test_multi_box_policies(policy, region):
+    info = boxes_to_region([[0, 0, 100, 100], [400, 300, 800, 600]], 800, 600, policy, 8)
+    assert info["region"] == region
+
+
+def test_sort_hash_is_stable_and_seeded():
+    assert sort_hash(0, "gqa-abc") == sort_hash(0, "gqa-abc")
+    assert sort_hash(0, "gqa-abc") != sort_hash(1, "gqa-abc")
+    assert 0 <= sort_hash(3, "x") < 2**63
+
+
+@pytest.mark.parametrize("obj, reason", [
+    ({"image": "a.jpg", "conversations": []}, "missing_field"),
+    ({"id": 1.5, "conversations": []}, "mistyped_field"),
+    ({"id": 1, "image": 3, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "mistyped_field"),
+    ({"id": 1}, "missing_field"),
+    ({"id": 1, "conversations": [{"from": "human", "value": "q"}]}, "malformed_conversations"),
+    ({"id": 1, "conversations": [{"from": "system", "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "malformed_conversations"),
+    ("not an object", "mistyped_field"),
+])
+def test_llava_rejects(obj, reason):
+    with pytest.raises(Rejected) as e:
+        parse_llava_item(obj, "llava.json", 0, seed=0)
+    assert e.value.reason == reason
+
+
+def test_llava_int_and_str_ids_and_text_only():
+    conv = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    a = parse_llava_item({"id": 12, "conversations": conv, "model": ""}, "f.json", 0, seed=0)
+    b = parse_llava_item({"id": "12", "conversations": conv}, "f.json", 1, seed=0)
+    assert a["source_id"] == b["source_id"] == "12" and a["key"] == b["key"]  # duplicates by design
+    assert a["image_rel"] is None and a["kind"] == "instruction"
+
+
+def test_viscot_llava_item_uses_pixel_box_after_hashes():
+    obj = {"dataset": "vsr", "split": "train", "question_id": 5,
+           "image": ["cot/vsr/a.jpg", "cot/vsr/a.jpg###[10, 20, 30, 40]"],
+           "conversations": [{"from": "human", "value": "<image>\nWhere? Please provide the bounding box "
+                              "coordinate of the region that can help you answer the question better."},
+                             {"from": "gpt", "value": "[0.1, 0.2, 0.3, 0.4]"},
+                             {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "left"}]}
+    c = parse_viscot_llava_item(obj, "viscot_363k.json", 0, seed=0, known_sources=["vsr"])
+    assert c["question"] == "Where?" and c["answer"] == "left"
+    assert c["boxes"] == [[10.0, 20.0, 30.0, 40.0]] and c["boxes_info"] is None
+    with pytest.raises(Rejected, match="not a known source"):
+        parse_viscot_llava_item({**obj, "dataset": "coco"}, "f", 0, seed=0, known_sources=["vsr"])
+
+
+def _jpeg(w=64, h=48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 10, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _png(w=64, h=48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 200, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("check", ["header", "full"])
+def test_truncated_images_are_unreadable(check):
+    for data in (_jpeg()[:-300], _png()[:-20], b"not an image at all"):
+        with pytest.raises(Rejected) as e:
+            inspect_image(data, check)
+        assert e.value.reason == "unreadable_image"
+
+
+def test_inspect_image_reports_true_format():
+    assert inspect_image(_png(30, 20)) == (30, 20, "png")
+    assert inspect_image(_jpeg(30, 20)) == (30, 20, "jpg")
+
+
+def test_finalize_size_mismatch_and_region_record():
+    c = parse_cot_line("gqa", ["cot/gqa"], "gqa_cot_train.jsonl", 1,
+                       json.dumps({**GOOD, "width": 64, "height": 48, "bboxs": [[0, 0, 8, 6]]}), **KW)
+    rec, ext, info = finalize(c, "cot/gqa/a.jpg", _jpeg(64, 48), grid=8, policy="union",
+                              trailing_period=True, check="header")
+    assert rec["conversations"][1]["value"] == "0 0 0 0." and ext == "jpg"
+    with pytest.raises(Rejected) as e:
+        finalize(c, "cot/gqa/a.jpg", _jpeg(65, 48), grid=8, policy="union", trailing_period=True, check="header")
+    assert e.value.reason == "image_size_mismatch" and "65x48" in e.value.detail
