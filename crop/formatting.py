@@ -24,8 +24,9 @@ IMAGE_TOKEN = "<image>"
 REGION_PROMPT_SUFFIX = "Please identify the region that can help you answer the question better."
 TRAILING_PERIOD = True
 
-_STRICT = re.compile(r"^\s*(-?\d+) (-?\d+) (-?\d+) (-?\d+)\.?\s*$")
-_INT = re.compile(r"(?<![\d.])-?\d+(?![\d.])")
+_STRICT = re.compile(r"^\s*(-?[0-9]+) (-?[0-9]+) (-?[0-9]+) (-?[0-9]+)\.?\s*$")
+# An integer that is not part of a decimal: "4." at the end of a sentence counts, "0.1" does not.
+_INT = re.compile(r"(?<![0-9])(?<![0-9]\.)-?[0-9]+(?![0-9])(?!\.[0-9])")
 
 
 class RegionParseError(ValueError):
@@ -66,6 +67,9 @@ def parse_region_strict(text: str, grid: int = 8) -> Region:
 
 def parse_region_lenient(text: str, grid: int = 8) -> Region | None:
     """Take the first four in-range integers in the text, in order; ``None`` if there are fewer.
+
+    Decimals are skipped entirely (``[0.1, 2, 3, 4, 5]`` -> 2 3 4 5), negative or out-of-range
+    integers are skipped, and a sentence-final period does not hide the last number.
 
     Swapped pairs are put in order (``5 1 2 3`` -> x 2..5): a lenient parse prefers a usable
     region to a fallback.

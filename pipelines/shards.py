@@ -1,7 +1,7 @@
 """Deterministic, crash-safe WebDataset shard writing and the per-shard stats marker.
 
-Reproducibility: members are written in sorted name order through ``webdataset.TarWriter`` with
-a fixed integer mtime and fixed owner fields, so the same samples give the same bytes whatever
+Reproducibility: members are written in sorted name order with a fixed integer mtime and fixed
+owner fields, so the same samples give the same bytes whatever
 the runner, worker count or run.
 
 Crash safety: a shard is written under a temporary name, fsynced (local files), then renamed to
@@ -13,14 +13,15 @@ rerun skips every shard whose stats file exists.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 import uuid
 from typing import Iterable
 
-import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
 TAR_MTIME = 0
@@ -94,17 +95,23 @@ class _HashingWriter:
 
 
 def _write_tar(sink, samples: Iterable[tuple[str, dict, bytes | None, str | None]]) -> dict:
+    """Plain ``tarfile`` (not webdataset's TarWriter, whose import pulls in torch on workers).
+
+    Samples arrive sorted by key; a sample's members are added sorted by name, so the whole
+    member list is sorted (keys are dot-free, so ``<key>.jpg`` < ``<key>.json`` < next key).
+    """
     hw = _HashingWriter(sink)
-    # TarWriter writes a sample's members sorted by name; samples arrive sorted by key (dot-free),
-    # so the whole member list is sorted.
-    with wds.TarWriter(hw, user=TAR_OWNER, group=TAR_OWNER, mode=0o644, encoder=False,
-                       mtime=TAR_MTIME) as tw:
+    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for key, record, data, ext in samples:
-            sample = {"__key__": key,
-                      "json": json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")}
+            members = {"json": json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")}
             if data is not None:
-                sample[ext] = data
-            tw.write(sample)
+                members[ext] = data
+            for ext_, payload in sorted(members.items()):
+                info = tarfile.TarInfo(f"{key}.{ext_}")
+                info.size, info.mtime, info.mode = len(payload), TAR_MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = TAR_OWNER
+                tf.addfile(info, io.BytesIO(payload))
     return {"bytes": hw.size, "sha256": hw.sha.hexdigest()}
 
 

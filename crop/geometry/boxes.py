@@ -7,6 +7,7 @@ rejects record instead of dropping the input (see ``schemas/rejects.schema.json`
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Sequence
 
 BoxXYXY = tuple[float, float, float, float]
@@ -33,7 +34,7 @@ def _as_box(box: Sequence[float]) -> BoxXYXY:
         raise BoxRejected(REASON_MALFORMED_BOX, f"expected 4 numbers [x1, y1, x2, y2], got {box!r}")
     out = []
     for v in box:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise BoxRejected(REASON_MALFORMED_BOX, f"box value {v!r} is not a number in {box!r}")
         if not math.isfinite(v):
             raise BoxRejected(REASON_NON_FINITE, f"box value {v!r} is not finite in {box!r}")

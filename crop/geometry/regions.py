@@ -12,6 +12,7 @@ by G never produce off-by-one regions from float drift.
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from typing import NamedTuple, Sequence
 
@@ -24,18 +25,21 @@ class Region(NamedTuple):
     x_max: int
     y_max: int
 
-    def check(self, grid: int = 8) -> "Region":
-        """Return self if valid on a ``grid``-sized grid, else raise ``ValueError`` saying why."""
+    def check(self, grid: int | None = 8) -> "Region":
+        """Return self (plain ints) if valid on a ``grid``-sized grid, else raise ``ValueError``.
+
+        ``grid=None`` checks only non-negativity and ordering (for area arithmetic).
+        """
         for name, v in zip(self._fields, self):
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise ValueError(f"region {name}={v!r} is not an integer")
-            if not 0 <= v < grid:
-                raise ValueError(f"region {name}={v} is outside 0..{grid - 1}")
+            if v < 0 or (grid is not None and v >= grid):
+                raise ValueError(f"region {name}={v} is outside 0..{'' if grid is None else grid - 1}")
         if self.x_min > self.x_max:
             raise ValueError(f"region x_min={self.x_min} > x_max={self.x_max}")
         if self.y_min > self.y_max:
             raise ValueError(f"region y_min={self.y_min} > y_max={self.y_max}")
-        return self
+        return Region(*(int(v) for v in self))
 
     @property
     def width(self) -> int:
@@ -97,7 +101,7 @@ def region_to_box_px(
 
 def region_area(region: Sequence[int]) -> int:
     """Area in blocks."""
-    r = Region(*region)
+    r = Region(*region).check(None)
     return r.width * r.height
 
 
@@ -109,12 +113,12 @@ def _intersection_area(a: Region, b: Region) -> int:
 
 def area_recall(gt: Sequence[int], pred: Sequence[int]) -> float:
     """Area-based recall |GT ∩ Pred| / |GT| (paper App. D.3, Table 9)."""
-    g, p = Region(*gt), Region(*pred)
+    g, p = Region(*gt).check(None), Region(*pred).check(None)
     return _intersection_area(g, p) / region_area(g)
 
 
 def region_iou(a: Sequence[int], b: Sequence[int]) -> float:
     """Intersection over union of two block regions."""
-    ra, rb = Region(*a), Region(*b)
+    ra, rb = Region(*a).check(None), Region(*b).check(None)
     inter = _intersection_area(ra, rb)
     return inter / (region_area(ra) + region_area(rb) - inter)

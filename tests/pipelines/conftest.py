@@ -1,10 +1,5 @@
-import os
-import shutil
-
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO_RECIPE = os.path.join(REPO, "recipes", "demo.yaml")
+from pipeline_support import DEMO_RECIPE, copy_demo_corpus
 
 
 @pytest.fixture(scope="session")
@@ -17,22 +12,6 @@ def demo_build(tmp_path_factory):
     return out, manifest
 
 
-def copy_tree_bytes(folder):
-    """{file name: bytes} of a build folder (minus the card, which may embed nothing variable)."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
-            out[name] = f.read()
-    return out
-
-
 @pytest.fixture
 def demo_corpus_copy(tmp_path):
-    """A writable copy of the demo corpus and its recipe (for tests that break or extend it)."""
-    src = os.path.join(REPO, "pipelines", "demo_corpus")
-    dst = tmp_path / "corpus"
-    shutil.copytree(src, dst)
-    recipe = open(DEMO_RECIPE).read().replace("../pipelines/demo_corpus", str(dst))
-    path = tmp_path / "demo.yaml"
-    path.write_text(recipe)
-    return dst, str(path)
+    return copy_demo_corpus(tmp_path)

@@ -9,7 +9,7 @@ import pytest
 
 from crop import contract
 from pipelines.main import run
-from tests.pipelines.conftest import DEMO_RECIPE, copy_tree_bytes
+from pipeline_support import DEMO_RECIPE, copy_tree_bytes
 
 ALL_REASONS = {"malformed_json", "missing_field", "mistyped_field", "non_finite_number", "empty_bboxs",
                "box_outside_image", "degenerate_box_after_clip", "missing_image", "unreadable_image",

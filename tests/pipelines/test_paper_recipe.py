@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipelines.main import run
 from pipelines.recipe import VISUAL_COT_SOURCES
-from tests.pipelines.conftest import REPO
+from pipeline_support import REPO
 
 SCALE = 2000
 REAL_COUNTS = {"flickr30k": 135735, "gqa": 98149, "openimages": 43053, "docvqa": 33453, "textcap": 32152,

@@ -1,0 +1,405 @@
+"""The dataset card ``README.md`` written beside the shards, and the ``crop card`` command.
+
+Why the front matter declares ``dataset_info.features``: the ``datasets`` WebDataset builder makes
+one column per tar member extension (``json``, ``jpg``, ``png``, ...) and, without declared
+features, infers them from the first five samples and refuses archives whose samples carry
+different members. Our shards mix text-only samples (no image member) with jpg and png images, so
+the card declares every column: ``__key__``, ``__url__``, ``json`` (the contract record,
+:func:`crop.contract.sample_features`) and one ``Image`` column per allowed image extension. A
+sample fills the column of its own extension; the others are null.
+
+The pipeline calls :func:`write_card` at the end of every build; ``crop card <folder>`` rewrites
+the card from the folder's ``manifest.json`` and ``stats.json``. Pure Python: no Beam.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import yaml
+
+from crop.formatting import IMAGE_TOKEN, format_region, render_region_prompt
+
+# Tar member extensions the shards may use for images (shared/docs/formats.md); each becomes a
+# column named after the extension, exactly as the datasets WebDataset builder names it.
+from crop.contract import IMAGE_MEMBER_EXTS as IMAGE_EXTENSIONS  # noqa: E402 - one list, owned by the contract
+CARD_NAME = "README.md"
+LICENSE_NAME = "crop-mixed-source-terms"
+
+# Hugging Face size_categories buckets, upper bound exclusive.
+_SIZE_BUCKETS = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                 (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
+
+# source tag -> (display name, where to read its terms, license facts, citation keys).
+# Only facts we are sure of are stated; everything else says "see the source's terms".
+SOURCES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "textvqa": ("TextVQA", "https://textvqa.org",
+                "annotations CC BY 4.0; images from Open Images, each under its own license",
+                ("singh2019textvqa",)),
+    "textcap": ("TextCaps", "https://arxiv.org/abs/2003.12462",
+                "see the source's terms; images are the TextVQA (Open Images) images", ("sidorov2020textcaps",)),
+    "flickr30k": ("Flickr30k (Entities boxes)", "https://arxiv.org/abs/1505.04870",
+                  "see the source's terms; images are Flickr photos",
+                  ("young2014flickr30k", "plummer2015flickr30kentities")),
+    "docvqa": ("DocVQA", "https://arxiv.org/abs/2007.00398", "see the source's terms", ("mathew2021docvqa",)),
+    "infographicsvqa": ("InfographicVQA", "https://arxiv.org/abs/2104.12756", "see the source's terms",
+                        ("mathew2022infographicvqa",)),
+    "dude": ("DUDE", "https://arxiv.org/abs/2305.08455", "see the source's terms", ("vanlandeghem2023dude",)),
+    "sroie": ("SROIE", "https://arxiv.org/abs/2103.10213", "see the source's terms", ("huang2019sroie",)),
+    "gqa": ("GQA", "https://arxiv.org/abs/1902.09506",
+            "questions: see the source's terms; images from Visual Genome (CC BY 4.0)", ("hudson2019gqa",)),
+    "vsr": ("VSR", "https://arxiv.org/abs/2205.00363", "see the source's terms; images from COCO",
+            ("liu2023vsr", "lin2014coco")),
+    "openimages": ("Open Images", "https://storage.googleapis.com/openimages/web/index.html",
+                   "annotations CC BY 4.0; images listed as CC BY 2.0 (licenses not verified by the "
+                   "publisher)", ("kuznetsova2020openimages",)),
+    "cub": ("CUB-200-2011", "https://www.vision.caltech.edu/datasets/cub_200_2011/",
+            "see the source's terms", ("wah2011cub",)),
+    "v7w": ("Visual7W", "https://arxiv.org/abs/1511.03416", "see the source's terms; images from COCO",
+            ("zhu2016visual7w", "lin2014coco")),
+    "llava": ("LLaVA-1.5 instruction mix (llava_v1_5_mix665k)", "https://llava-vl.github.io",
+              "CC BY 4.0 as declared on the LLaVA-Instruct-150K card, which also asks users to abide by "
+              "OpenAI's terms of use; images from COCO, GQA, OCR-VQA, TextVQA and Visual Genome under "
+              "their own terms", ("liu2023llava", "liu2024llava15", "lin2014coco")),
+}
+
+_BIB = {
+    "guo2025crop": ("inproceedings", "{CROP}: Contextual Region-Oriented Visual Token Pruning",
+                    "Guo, Jiawei and Zhai, Feifei and Jian, Pu and Wei, Qianrun and Zhou, Yu",
+                    "booktitle = {Proceedings of the 2025 Conference on Empirical Methods in Natural Language "
+                    "Processing}, pages = {9767--9783}", 2025),
+    "shao2024visualcot": ("article", "Visual {CoT}: Advancing Multi-Modal Language Models with a Comprehensive "
+                          "Dataset and Benchmark for Chain-of-Thought Reasoning",
+                          "Shao, Hao and Qian, Shengju and Xiao, Han and Song, Guanglu and Zong, Zhuofan and "
+                          "Wang, Letian and Liu, Yu and Li, Hongsheng",
+                          "journal = {arXiv preprint arXiv:2403.16999}", 2024),
+    "liu2023llava": ("inproceedings", "Visual Instruction Tuning",
+                     "Liu, Haotian and Li, Chunyuan and Wu, Qingyang and Lee, Yong Jae",
+                     "booktitle = {Advances in Neural Information Processing Systems}", 2023),
+    "liu2024llava15": ("inproceedings", "Improved Baselines with Visual Instruction Tuning",
+                       "Liu, Haotian and Li, Chunyuan and Li, Yuheng and Lee, Yong Jae",
+                       "booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}", 2024),
+    "singh2019textvqa": ("inproceedings", "Towards {VQA} Models That Can Read",
+                         "Singh, Amanpreet and Natarajan, Vivek and Shah, Meet and Jiang, Yu and Chen, Xinlei and "
+                         "Batra, Dhruv and Parikh, Devi and Rohrbach, Marcus",
+                         "booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}", 2019),
+    "sidorov2020textcaps": ("inproceedings", "{TextCaps}: a Dataset for Image Captioning with Reading "
+                            "Comprehension", "Sidorov, Oleksii and Hu, Ronghang and Rohrbach, Marcus and "
+                            "Singh, Amanpreet", "booktitle = {European Conference on Computer Vision (ECCV)}", 2020),
+    "young2014flickr30k": ("article", "From image descriptions to visual denotations: New similarity metrics "
+                           "for semantic inference over event descriptions",
+                           "Young, Peter and Lai, Alice and Hodosh, Micah and Hockenmaier, Julia",
+                           "journal = {Transactions of the Association for Computational Linguistics}, "
+                           "volume = {2}, pages = {67--78}", 2014),
+    "plummer2015flickr30kentities": ("inproceedings", "{Flickr30k Entities}: Collecting Region-to-Phrase "
+                                     "Correspondences for Richer Image-to-Sentence Models",
+                                     "Plummer, Bryan A. and Wang, Liwei and Cervantes, Chris M. and Caicedo, "
+                                     "Juan C. and Hockenmaier, Julia and Lazebnik, Svetlana",
+                                     "booktitle = {IEEE International Conference on Computer Vision (ICCV)}", 2015),
+    "mathew2021docvqa": ("inproceedings", "{DocVQA}: A Dataset for {VQA} on Document Images",
+                         "Mathew, Minesh and Karatzas, Dimosthenis and Jawahar, C. V.",
+                         "booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)}", 2021),
+    "mathew2022infographicvqa": ("inproceedings", "{InfographicVQA}",
+                                 "Mathew, Minesh and Bagal, Viraj and Tito, Rub{\\`e}n and Karatzas, Dimosthenis "
+                                 "and Valveny, Ernest and Jawahar, C. V.",
+                                 "booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision "
+                                 "(WACV)}", 2022),
+    "vanlandeghem2023dude": ("inproceedings", "Document Understanding Dataset and Evaluation ({DUDE})",
+                             "Van Landeghem, Jordy and Tito, Rub{\\`e}n and Borchmann, {\\L}ukasz and others",
+                             "booktitle = {IEEE/CVF International Conference on Computer Vision (ICCV)}", 2023),
+    "huang2019sroie": ("inproceedings", "{ICDAR2019} Competition on Scanned Receipt {OCR} and Information "
+                       "Extraction", "Huang, Zheng and Chen, Kai and He, Jianhua and Bai, Xiang and Karatzas, "
+                       "Dimosthenis and Lu, Shijian and Jawahar, C. V.",
+                       "booktitle = {International Conference on Document Analysis and Recognition (ICDAR)}", 2019),
+    "hudson2019gqa": ("inproceedings", "{GQA}: A New Dataset for Real-World Visual Reasoning and Compositional "
+                      "Question Answering", "Hudson, Drew A. and Manning, Christopher D.",
+                      "booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}", 2019),
+    "liu2023vsr": ("article", "Visual Spatial Reasoning", "Liu, Fangyu and Emerson, Guy and Collier, Nigel",
+                   "journal = {Transactions of the Association for Computational Linguistics}, volume = {11}", 2023),
+    "kuznetsova2020openimages": ("article", "The {Open Images} Dataset {V4}: Unified image classification, "
+                                 "object detection, and visual relationship detection at scale",
+                                 "Kuznetsova, Alina and Rom, Hassan and Alldrin, Neil and Uijlings, Jasper and "
+                                 "Krasin, Ivan and Pont-Tuset, Jordi and Kamali, Shahab and Popov, Stefan and "
+                                 "Malloci, Matteo and Kolesnikov, Alexander and Duerig, Tom and Ferrari, Vittorio",
+                                 "journal = {International Journal of Computer Vision}", 2020),
+    "wah2011cub": ("techreport", "The {Caltech-UCSD} Birds-200-2011 Dataset",
+                   "Wah, Catherine and Branson, Steve and Welinder, Peter and Perona, Pietro and Belongie, Serge",
+                   "institution = {California Institute of Technology}, number = {CNS-TR-2011-001}", 2011),
+    "zhu2016visual7w": ("inproceedings", "{Visual7W}: Grounded Question Answering in Images",
+                        "Zhu, Yuke and Groth, Oliver and Bernstein, Michael and Fei-Fei, Li",
+                        "booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}", 2016),
+    "lin2014coco": ("inproceedings", "Microsoft {COCO}: Common Objects in Context",
+                    "Lin, Tsung-Yi and Maire, Michael and Belongie, Serge and Hays, James and Perona, Pietro and "
+                    "Ramanan, Deva and Doll{\\'a}r, Piotr and Zitnick, C. Lawrence",
+                    "booktitle = {European Conference on Computer Vision (ECCV)}", 2014),
+}
+
+
+def bibtex(key: str) -> str:
+    kind, title, authors, extra, year = _BIB[key]
+    return (f"@{kind}{{{key},\n  title = {{{title}}},\n  author = {{{authors}}},\n"
+            f"  {extra.replace('}, ', '},' + chr(10) + '  ')},\n  year = {{{year}}}\n}}")
+
+
+def size_category(n: int) -> str:
+    """Hugging Face ``size_categories`` bucket of ``n`` samples."""
+    for bound, label in _SIZE_BUCKETS:
+        if n < bound:
+            return label
+    return "n>1B"
+
+
+def card_features():
+    """``datasets.Features`` of the rows the WebDataset builder yields for our shards."""
+    from crop.contract import shard_features
+
+    return shard_features()
+
+
+def shard_pattern(manifest: Mapping) -> str:
+    """``data_files`` glob that matches this build's shards and nothing else in the folder."""
+    shards = manifest.get("shards") or []
+    prefix = shards[0]["shard"].rsplit("-", 1)[0] if shards else manifest["name"]
+    return f"{prefix}-*.tar"
+
+
+def card_front_matter(manifest: Mapping, stats: Mapping, recipe: Mapping) -> dict:
+    """The YAML front matter as a plain dict (what ``DatasetCard.load(...).data`` reads back)."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    n = int(manifest["totals"]["samples"])
+    data = DatasetCardData(
+        license="other", license_name=LICENSE_NAME, language=["en"],
+        task_categories=["visual-question-answering", "image-text-to-text"],
+        size_categories=[size_category(n)], pretty_name=f"CROP region localization data ({manifest['name']})",
+        tags=["crop", "visual-token-pruning", "region-localization", "webdataset"],
+        configs=[{"config_name": "default", "default": True,
+                  "data_files": [{"split": "train", "path": shard_pattern(manifest)}]}],
+    )
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_examples=n))
+    info = DatasetInfo(features=card_features(), splits=splits)
+    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
+    return data.to_dict()
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+# Region area buckets in blocks on the 8x8 grid (64 = the whole image).
+_AREA_BUCKETS = [(1, 1), (2, 4), (5, 9), (10, 16), (17, 32), (33, 63), (64, 64)]
+
+
+def region_area_rows(stats: Mapping, grid: int = 8) -> list[list[Any]]:
+    """Bucketed region sizes (blocks) with counts, shares and a text bar."""
+    by_area = {int(k): int(v) for k, v in stats.get("regions_by_area_blocks", {}).items()}
+    total = sum(by_area.values())
+    full = grid * grid
+    buckets = [(lo, hi) for lo, hi in _AREA_BUCKETS if lo <= full]
+    buckets[-1] = (buckets[-1][0], full)
+    rows = []
+    for lo, hi in buckets:
+        count = sum(v for a, v in by_area.items() if lo <= a <= hi)
+        label = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        bar = "#" * round(30 * count / total) if total else ""
+        rows.append([label, count, _pct(count, total), f"`{bar}`" if bar else ""])
+    return rows
+
+
+def source_rows(stats: Mapping, recipe: Mapping) -> list[list[Any]]:
+    written = stats.get("per_source", {})
+    total = sum(written.values())
+    rec_sources = recipe.get("sources", {}) or {}
+    names = sorted(set(written) | set(stats.get("read", {})) | set(rec_sources))
+    rows = []
+    for s in names:
+        rejected = sum(stats.get("rejected_by_reason", {}).get(s, {}).values())
+        cap = (rec_sources.get(s) or {}).get("cap") if s != "llava" else (recipe.get("llava") or {}).get("count")
+        rows.append([SOURCES.get(s, (s,))[0] + f" (`{s}`)", stats.get("read", {}).get(s, 0), written.get(s, 0),
+                     _pct(written.get(s, 0), total), "none" if cap is None else cap,
+                     stats.get("capped", {}).get(s, 0), stats.get("shortfall", {}).get(s, 0), rejected])
+    return rows
+
+
+def reject_rows(stats: Mapping) -> list[list[Any]]:
+    by_reason: dict[str, dict[str, int]] = {}
+    for source, reasons in stats.get("rejected_by_reason", {}).items():
+        for reason, count in reasons.items():
+            by_reason.setdefault(reason, {})[source] = count
+    rows = []
+    for reason, per in sorted(by_reason.items(), key=lambda kv: -sum(kv[1].values())):
+        detail = ", ".join(f"{s} {c}" for s, c in sorted(per.items(), key=lambda kv: -kv[1]))
+        rows.append([f"`{reason}`", sum(per.values()), detail])
+    return rows
+
+
+# Meanings for the fields whose schema entry carries no description.
+_FIELD_NOTES = {
+    "schema_version": "Version of the sample contract (schemas/sample.schema.json).",
+    "kind": "`region` (localization sample) or `instruction` (LLaVA sample).",
+    "source": "Source dataset tag.",
+    "image_width": "Original image width in pixels; null without an image.",
+    "image_height": "Original image height in pixels; null without an image.",
+    "conversations": "Chat turns `{from: human|gpt, value}`; for region samples the prompt and the target.",
+    "question": "Question without the prompt suffix; null for instruction samples.",
+    "answer": "Short answer from the source; null for instruction samples.",
+    "grid_size": "Grid the region is expressed on (8 = 8x8); null for instruction samples.",
+}
+
+
+def _type_name(feature) -> str:
+    from datasets import List, Value
+
+    if isinstance(feature, Value):
+        return feature.dtype
+    if isinstance(feature, List):
+        return f"list<{_type_name(feature.feature)}>"
+    if isinstance(feature, dict):
+        return "{" + ", ".join(f"{k}: {_type_name(v)}" for k, v in feature.items()) + "}"
+    return type(feature).__name__
+
+
+def _field_rows() -> list[list[str]]:
+    import schemas
+
+    doc = json.loads(schemas.path("sample").read_text(encoding="utf-8"))
+    feats = card_features()["json"]
+    return [[f"`{name}`", f"`{_type_name(feats[name])}`", prop.get("description") or _FIELD_NOTES.get(name, "")]
+            for name, prop in doc["properties"].items()]
+
+
+def render_card(manifest: Mapping, stats: Mapping, recipe: Mapping) -> str:
+    """The whole card text: YAML front matter plus the markdown body."""
+    front = yaml.safe_dump(card_front_matter(manifest, stats, recipe), sort_keys=False, allow_unicode=True)
+    totals = manifest["totals"]
+    n, name = int(totals["samples"]), manifest["name"]
+    grid = int(recipe.get("grid_size", 8))
+    example_q = "What words are on the card?"
+    used = sorted(set(stats.get("per_source", {})) | set(totals.get("per_source", {})))
+    cite_keys = ["guo2025crop", "shao2024visualcot"]
+    for s in used or sorted(SOURCES):
+        for key in SOURCES.get(s, ("", "", "", ()))[3]:
+            if key not in cite_keys:
+                cite_keys.append(key)
+    for key in ("liu2023llava", "liu2024llava15"):
+        if key not in cite_keys:
+            cite_keys.append(key)
+    kinds = ", ".join(f"{v} {k}" for k, v in sorted(totals.get("per_kind", {}).items()))
+    sizes = stats.get("image_sizes", {})
+    boxes = stats.get("boxes", {})
+    shapes = sorted(stats.get("regions_by_shape", {}).items(), key=lambda kv: -kv[1])[:10]
+    body = [
+        f"# CROP region localization data: `{name}`", "",
+        f"{n} samples in {totals['shards']} WebDataset shards ({totals['bytes']} bytes; {kinds}). "
+        "Region samples teach a small VLM (the CROP Localization Module) to name the part of an image that "
+        f"answers a question, as a block range on a {grid}x{grid} grid laid over the image; the same samples "
+        "train CROP's Pre-LLM Compression module. LLaVA-1.5 instruction samples are mixed in to keep "
+        "instruction following. Questions, answers and boxes come from the Visual-CoT per-source metadata; "
+        "the grid regions, prompts and targets were computed by the CROP toolkit.", "",
+        "## Loading", "",
+        "```python\nfrom datasets import load_dataset\n"
+        "ds = load_dataset(\"<this repo or folder>\", split=\"train\")\n"
+        "row = ds[0]   # row['json'] is the record; the image is in row['jpg'] or row['png'] (etc.)\n```", "",
+        f"Columns: `__key__`, `__url__`, `json` (the sample record) and one image column per member "
+        f"extension ({', '.join(f'`{e}`' for e in IMAGE_EXTENSIONS)}). A sample fills the column of its own "
+        "image type and leaves the others null; text-only instruction samples have no image. The shards also "
+        "stream with `webdataset` (`<key>.json` plus `<key>.<ext>` per sample).", "",
+        "### Record fields (`json`)", "", _table(["field", "type", "meaning"], _field_rows()), "",
+        "## Sample template", "",
+        "Human turn (region samples):", "", "```text\n" + render_region_prompt(example_q) + "\n```", "",
+        "Assistant turn: `x_min y_min x_max y_max.` with 0-indexed inclusive blocks, e.g. "
+        f"`{format_region((2, 1, 5, 2))}` (the paper's Figure 3 example on the 8x8 grid). "
+        f"The image is referenced by `{IMAGE_TOKEN}` in the first human turn.", "",
+        "## Recipe", "",
+        f"Recipe `{recipe.get('name', name)}`, seed {recipe.get('seed')}, grid {grid}x{grid}, "
+        f"{len(manifest.get('inputs', []))} input files (paths, sizes and sha256 in `manifest.json`).", "",
+        "```yaml\n" + yaml.safe_dump(json.loads(json.dumps(recipe, default=str)), sort_keys=False,
+                                     allow_unicode=True).rstrip() + "\n```", "",
+        "## Sources", "",
+        _table(["source", "read", "written", "share", "cap", "capped", "shortfall", "rejected"],
+               source_rows(stats, recipe)), "",
+        "`capped`: valid records left out by the cap; `shortfall`: how far the cap exceeded the valid records.", "",
+        "### Rejected records by reason", "",
+        (_table(["reason", "count", "by source"], reject_rows(stats)) if reject_rows(stats) else "None."), "",
+        "Every rejected record is listed with its source file, line and reason in `rejects.jsonl`.", "",
+        "## Region size distribution", "",
+        f"Area of the target region in blocks ({grid * grid} = the whole image).", "",
+        _table(["blocks", "regions", "share", ""], region_area_rows(stats, grid)), "",
+        ("Most common shapes (width x height in blocks): " + ", ".join(f"{k} ({v})" for k, v in shapes) + "."
+         if shapes else ""), "",
+        f"Boxes: {boxes.get('total', 0)} source boxes, {boxes.get('clipped', 0)} clipped to the image, "
+        f"{boxes.get('multi_box_records', 0)} records with several boxes (merged into their union, "
+        f"{boxes.get('merged_away', 0)} boxes merged away). Image sizes: width {sizes.get('min_width')}-"
+        f"{sizes.get('max_width')}, height {sizes.get('min_height')}-{sizes.get('max_height')} px "
+        f"({sizes.get('count', 0)} images).", "",
+        "## Known limitations", "",
+        "- Several boxes for one question are merged into their union, so the region can be much larger "
+        "than any single box.",
+        "- Boxes that leave the image are clipped; a box smaller than one block still maps to a whole block, "
+        "so regions are coarse for small text in documents.",
+        "- Many VSR and CUB regions cover the whole image and carry little localization signal.",
+        "- Per-source counts differ from the paper's Table 1 (e.g. TextVQA 73k, CUB 4k): the authors' "
+        "selection is not published; this build follows the recipe above.",
+        "- Boxes come from Visual-CoT and are not re-annotated; duplicates are dropped by key.",
+        "- English only. Images are redistributed as found in their sources.", "",
+        "## Licenses", "",
+        f"The compiled set has no single license (`license: other`, `{LICENSE_NAME}`): every sample keeps "
+        "the terms of its source, and the images keep the terms of their original collections. The "
+        "Visual-CoT annotations are Apache-2.0 as declared on the Hugging Face dataset page "
+        "`deepcs233/Visual-CoT`. Check each source before any use beyond research.", "",
+        _table(["source", "terms", "where"], [[f"`{s}`", SOURCES[s][2], SOURCES[s][1]] for s in SOURCES]), "",
+        "- COCO (images behind VSR, Visual7W and much of LLaVA): annotations CC BY 4.0; images under the "
+        "Flickr terms of use.", "",
+        "## Citation", "",
+        "Please cite CROP, Visual-CoT, LLaVA and the sources you use:", "",
+        "```bibtex\n" + "\n\n".join(bibtex(k) for k in cite_keys) + "\n```", "",
+    ]
+    return "---\n" + front + "---\n\n" + "\n".join(body).replace("\n\n\n", "\n\n")
+
+
+def write_card(out_dir: str, manifest: dict, stats: dict, recipe: dict) -> str:
+    """Write ``<out_dir>/README.md`` (a local folder or any fsspec URL) and return its path."""
+    import os
+
+    import fsspec
+
+    text = render_card(manifest, stats, recipe)
+    path = out_dir.rstrip("/") + "/" + CARD_NAME if "://" in out_dir else os.path.join(out_dir, CARD_NAME)
+    with fsspec.open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("folder", help="built dataset folder holding manifest.json and stats.json")
+    parser.add_argument("--print", action="store_true", help="print the card instead of writing README.md")
+
+
+def run(args) -> int:
+    import fsspec
+
+    def load(name: str) -> dict:
+        with fsspec.open(args.folder.rstrip("/") + "/" + name, "r", encoding="utf-8") as f:
+            return json.load(f)
+
+    try:
+        manifest, stats = load("manifest.json"), load("stats.json")
+    except FileNotFoundError as e:
+        print(f"crop card: {e.filename or e} not found; is {args.folder!r} a built dataset folder?")
+        return 2
+    recipe = manifest.get("recipe") or {}
+    if args.print:
+        print(render_card(manifest, stats, recipe))
+        return 0
+    print(write_card(args.folder, manifest, stats, recipe))
+    return 0

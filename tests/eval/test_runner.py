@@ -1,0 +1,85 @@
+"""The whole runner on a tiny random LLaVA saved to disk and tiny benchmark files."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from crop.eval.runner import ConfigError, EvalConfig, load_config, run_eval  # noqa: E402
+from crop.eval.scorers.common import read_jsonl  # noqa: E402
+
+
+def _config(model_dir, benches, out, **method):
+    for b in benches.values():
+        b.setdefault("max_new_tokens", 3)
+    return EvalConfig.from_dict({"model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
+                                 "method": {"name": "none", **method}, "output_dir": str(out),
+                                 "benchmarks": list(benches.values())})
+
+
+def test_runner_end_to_end_and_resume(tiny_llava_dir, tiny_benchmarks, tmp_path):
+    torch.set_num_threads(1)
+    cfg = _config(tiny_llava_dir, tiny_benchmarks, tmp_path / "run")
+    summary = run_eval(cfg)
+    expected_n = {"gqa": 2, "textvqa": 2, "pope": 2, "mme": 2, "scienceqa": 2, "vqav2": 1}
+    for name, n in expected_n.items():
+        rows = read_jsonl(tmp_path / "run" / name / "answers.jsonl")
+        assert len(rows) == n
+        assert set(rows[0]) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        entry = summary["benchmarks"][name]
+        assert "score" in entry, entry
+        scores = json.loads((tmp_path / "run" / name / "scores.json").read_text())
+        assert scores["score"] == entry["score"]
+        assert entry["efficiency"]["n"] == n and entry["efficiency"]["prefill_s_mean"] > 0
+    # LLaVA's prompt fields: SQA image problem starts with "<image>\n", the text-only one does not
+    sqa = {r["question_id"]: r for r in read_jsonl(tmp_path / "run" / "scienceqa" / "answers.jsonl")}
+    assert sqa["p1"]["prompt"].startswith("<image>\n") and not sqa["p2"]["prompt"].startswith("<image>")
+    assert sqa["p1"]["prompt"].endswith("Answer with the option's letter from the given choices directly.")
+    # the tiny LLaVA sees (16/4)^2 = 16 visual tokens, all kept by "none"
+    eff = [json.loads(l) for l in open(tmp_path / "run" / "gqa" / "efficiency.jsonl")]
+    assert all(r["visual_tokens_in"] == 16 == r["visual_tokens_kept"] for r in eff)
+    assert summary["benchmarks"]["vqav2"]["submission"]
+    sub = json.loads((tmp_path / "run" / "vqav2" / "submission.json").read_text())
+    assert [r["question_id"] for r in sub] == [11, 12] and sub[1]["answer"] == ""
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert load_config(tmp_path / "run" / "config.yaml").method.name == "none"   # resolved config reloads
+
+    # resume: nothing new is answered; after losing the last answer exactly that one is redone
+    before = (tmp_path / "run" / "textvqa" / "answers.jsonl").read_text()
+    again = run_eval(cfg)
+    assert all(e["efficiency"]["answered_this_session"] == 0 for e in again["benchmarks"].values())
+    lines = before.splitlines(keepends=True)
+    (tmp_path / "run" / "textvqa" / "answers.jsonl").write_text(lines[0] + lines[1][:10])   # torn last line
+    third = run_eval(cfg)
+    assert third["benchmarks"]["textvqa"]["efficiency"]["answered_this_session"] == 1
+    assert (tmp_path / "run" / "textvqa" / "answers.jsonl").read_text() == before           # greedy: same text
+
+
+def test_resume_with_other_method_is_refused(tiny_llava_dir, tiny_benchmarks, tmp_path):
+    benches = {"pope": dict(tiny_benchmarks["pope"])}
+    run_eval(_config(tiny_llava_dir, benches, tmp_path / "r"))
+    with pytest.raises(SystemExit, match="different `method`"):
+        run_eval(_config(tiny_llava_dir, benches, tmp_path / "r", name="fastv", budget=4))
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"model": {"path": "m", "family": "gpt"}}, "model.family must be one of"),
+    ({"method": {"name": "ilp"}}, "needs method.regions"),
+    ({"method": {"name": "fastv"}}, "budget is required for fastv"),
+    ({"method": {"layer": -1}}, "method.layer must be an integer >= 0"),
+    ({"benchmarks": [{"name": "mmmu", "question_file": "q"}]}, r"benchmarks\[0\].name must be one of"),
+    ({"benchmarks": [{"name": "gqa"}]}, r"benchmarks\[0\]: missing required field\(s\) \['question_file'\]"),
+    ({"bogus": 1}, r"unknown field\(s\) \['bogus'\]"),
+])
+def test_config_errors_name_the_field(patch, message):
+    base = {"model": {"path": "m"}, "benchmarks": [{"name": "gqa", "question_file": "q"}]}
+    with pytest.raises(ConfigError, match=message):
+        EvalConfig.from_dict({**base, **patch})
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[2].glob("configs/eval-*.yaml")))
+def test_shipped_eval_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg.benchmarks and cfg.label and cfg.output_dir
+    assert {b.name for b in cfg.benchmarks} == {"gqa", "mme", "textvqa", "scienceqa", "vqav2", "pope"}

@@ -1,0 +1,252 @@
+"""train-plc: configs, sample -> tokens/labels, overfitting, exact resume, CLI on real shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from crop.contract import instruction_record, region_record, validate
+from crop.formatting import format_region, render_region_prompt
+from crop.models.llava_plc import LlavaPLC, byte_tokenizer, tiny_image_processor, tiny_llava
+from crop.models.plc import PLC, region_token_masks
+from crop.train import common
+from crop.train.plc import (
+    DataSection,
+    OptimSection,
+    TrainPLCConfig,
+    collate,
+    conversation_turns,
+    prepare_sample,
+    tokenize_turns,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 230, 20)}
+
+
+def region_sample(i: int, color: str, region=(2, 2, 5, 5), size=(64, 48)):
+    img = Image.new("RGB", size, (128, 128, 128))
+    w, h = size
+    x0, y0, x1, y1 = region
+    img.paste(COLORS[color], (x0 * w // 8, y0 * h // 8, (x1 + 1) * w // 8, (y1 + 1) * h // 8))
+    rec = region_record(
+        source="vsr", source_id=str(i), source_file="vsr_cot_train.jsonl", image=f"{i}.png",
+        image_width=w, image_height=h, question="What color is the box?", answer=color,
+        prompt=render_region_prompt("What color is the box?"), target=format_region(region),
+        boxes_xyxy_px=[[x0 * w / 8, y0 * h / 8, (x1 + 1) * w / 8, (y1 + 1) * h / 8]],
+        union_box_xyxy_px=[x0 * w / 8, y0 * h / 8, (x1 + 1) * w / 8, (y1 + 1) * h / 8],
+        region_blocks=list(region), grid_size=8)
+    validate(rec)
+    return {"json": rec, "image": img}
+
+
+def instruction_sample(i: int, with_image: bool, tag: bool = True):
+    human = ("<image>\nDescribe." if tag else "Describe.") if with_image else "Say hi."
+    rec = instruction_record(source_id=str(i), source_file="llava.json",
+                             image=f"{i}.jpg" if with_image else None,
+                             image_width=40 if with_image else None, image_height=40 if with_image else None,
+                             conversations=[{"from": "human", "value": human}, {"from": "gpt", "value": "ok"},
+                                            {"from": "human", "value": "More?"}, {"from": "gpt", "value": "no"}])
+    validate(rec)
+    return {"json": rec, "image": Image.new("RGB", (40, 40), (10, 90, 10)) if with_image else None}
+
+
+def tiny_cfg(tmp_path, **loop) -> TrainPLCConfig:
+    cfg = common.load_config(TrainPLCConfig, ROOT / "configs/plc-tiny.yaml")
+    cfg.data = dataclasses.replace(cfg.data, region_answer_suffix="")
+    cfg.train = dataclasses.replace(cfg.train, output_dir=str(tmp_path), export_final=False,
+                                    save_every=1000, log_every=1000, **loop)
+    return cfg
+
+
+def tiny_model(cfg: TrainPLCConfig):
+    torch.set_num_threads(1)
+    llava = tiny_llava(hidden=cfg.model.tiny_hidden, layers=cfg.model.tiny_layers, seed=0)
+    torch.manual_seed(0)
+    return LlavaPLC(llava, plc=PLC(cfg.plc)), byte_tokenizer(), tiny_image_processor()
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", ["plc-llava15-7b.yaml", "plc-tiny.yaml"])
+def test_every_yaml_config_loads(name):
+    cfg = common.load_config(TrainPLCConfig, ROOT / "configs" / name)
+    assert cfg.plc.num_output_tokens == 68
+    assert cfg.plc.num_context_queries == 64 and cfg.plc.num_noncontext_queries == 4
+    if name == "plc-llava15-7b.yaml":
+        assert (cfg.optim.lr, cfg.train.epochs, cfg.plc.dim) == (1e-5, 2, 4096)
+    else:
+        assert cfg.plc.dim == cfg.model.tiny_hidden
+
+
+@pytest.mark.parametrize("override, msg", [
+    ("train.lrr=1", r"unknown field\(s\) \['lrr'\]"),
+    ("train.batch_size=two", "config.train.batch_size: expected int"),
+    ("train.batch_size=0", "train.batch_size=0 must be >= 1"),
+    ("plc.num_context_queries=60", "square"),
+    ("data.text_only=drop", "data.text_only='drop'"),
+    ("optim.betas=0.9", "config.optim.betas: expected a list"),
+])
+def test_config_errors_name_the_field(override, msg):
+    with pytest.raises(common.ConfigError, match=msg):
+        common.from_dict(TrainPLCConfig, common.apply_overrides({}, [override]))
+
+
+# ---------------------------------------------------------------- samples -> tokens
+
+
+def test_labels_cover_only_answers_and_image_expands_to_68():
+    tok = byte_tokenizer()
+    turns = [("<image>\nWhat?", "red"), ("And?", "blue")]
+    ids, labels = tokenize_turns(turns, tok, "SYS", 259, 68)
+    assert len(ids) == len(labels) and ids.count(259) == 68
+    supervised = [t for t in labels if t != -100]
+    assert tok.decode(supervised) == " red</s> blue</s>"
+    assert tok.decode([t for t, l in zip(ids, labels) if l == -100 and t != 259]) == \
+        "<s>SYS USER: \nWhat? ASSISTANT:USER: And? ASSISTANT:"
+    assert ids[0] == tok.bos_token_id and labels[0] == -100
+
+
+@pytest.mark.parametrize("sample, text_only, expected", [
+    (region_sample(0, "red"), "feed", [("<image>\nWhat color is the box?", "red")]),
+    ({"json": region_sample(0, "red")["json"], "image": None}, "feed", "region_without_image"),
+    (instruction_sample(1, True), "feed", [("<image>\nDescribe.", "ok"), ("More?", "no")]),
+    (instruction_sample(2, True, tag=False), "feed", [("<image>\nDescribe.", "ok"), ("More?", "no")]),
+    (instruction_sample(3, False), "feed", [("Say hi.", "ok"), ("More?", "no")]),
+    (instruction_sample(3, False), "skip", "text_only"),
+    ({"json": {**instruction_sample(4, True)["json"], "conversations": [{"from": "gpt", "value": "x"}]},
+      "image": Image.new("RGB", (4, 4))}, "feed", "bad_conversation"),
+    ({"json": instruction_sample(5, True)["json"], "image": None}, "feed", "image_missing"),
+])
+def test_sample_rules(sample, text_only, expected):
+    cfg = DataSection(system_prompt="", region_answer_suffix="", text_only=text_only)
+    got = prepare_sample(sample, cfg, byte_tokenizer(), 259, 68)
+    if isinstance(expected, str):
+        assert got == expected
+        return
+    assert conversation_turns(sample["json"], sample["image"] is not None, cfg) == expected
+    region = {"region": (2, 2, 5, 5), "instruction": (0, 0, 7, 7)}[sample["json"]["kind"]]
+    assert got.region == (region if sample["image"] is not None else None)
+
+
+def test_collate_mixed_batch():
+    cfg = DataSection(system_prompt="", region_answer_suffix="")
+    tok = byte_tokenizer()
+    exs = [prepare_sample(s, cfg, tok, 259, 68) for s in
+           (region_sample(0, "red", size=(48, 48)), instruction_sample(1, False), instruction_sample(2, True))]
+    batch = collate(exs, tiny_image_processor(), "center_crop", (24, 24), tok.pad_token_id)
+    assert batch["pixel_values"].shape == (2, 3, 48, 48)
+    expected = region_token_masks(torch.tensor([[2, 2, 5, 5], [0, 0, 7, 7]]), (24, 24)).flatten(1)
+    assert torch.equal(batch["context_mask"], expected)
+    assert (batch["input_ids"] == 259).sum() == 2 * 68
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+# ---------------------------------------------------------------- training
+
+
+def mean_loss(model, samples, cfg, tok, proc) -> float:
+    exs = [prepare_sample(s, cfg.data, tok, 259, 68) for s in samples]
+    with torch.no_grad():
+        return float(model.eval()(**collate(exs, proc, "center_crop", (24, 24), tok.pad_token_id)).loss)
+
+
+def test_tiny_llava_plc_overfits_a_small_set(tmp_path):
+    samples = [region_sample(i, c, region=r) for i, (c, r) in
+               enumerate(zip(COLORS, [(0, 0, 2, 2), (5, 5, 7, 7), (2, 3, 4, 6), (0, 4, 3, 7)]))]
+    cfg = tiny_cfg(tmp_path, epochs=30, batch_size=4)
+    cfg.optim = OptimSection(lr=2e-3, warmup_ratio=0.0, schedule="constant")
+    model, tok, proc = tiny_model(cfg)
+    before = mean_loss(model, samples, cfg, tok, proc)
+    summary = train(cfg, model, tok, proc, samples)
+    after = mean_loss(model, samples, cfg, tok, proc)
+    assert summary["step"] == 30
+    assert after < 0.25 * before, (before, after)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and {"loss", "lr", "samples_per_s", "eta_s"} <= set(rows[0])
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "checkpoints/step-000030").is_dir()
+    assert model.llava.model.vision_tower.embeddings.patch_embedding.weight.requires_grad is False
+
+
+def shuffled_source(samples):
+    def source(epoch, skip):
+        order = list(samples)
+        random.Random(epoch).shuffle(order)
+        return islice(order, skip, None)
+    return source
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    samples = [region_sample(i, c) for i, c in enumerate(COLORS)] + [
+        instruction_sample(10, True), instruction_sample(11, False),
+        {"json": region_sample(12, "red")["json"], "image": None}]  # one rejected sample
+    base = dict(epochs=2, batch_size=2)
+    cfg_a = tiny_cfg(tmp_path / "a", **base)
+    cfg_a.optim = OptimSection(lr=1e-3, warmup_ratio=0.25)
+    model_a, tok, proc = tiny_model(cfg_a)
+    summary_a = train(cfg_a, model_a, tok, proc, shuffled_source(samples), samples_per_epoch=7)
+    # batches are filled after rejection: 6 usable samples -> 3 steps per epoch (the schedule
+    # was planned for ceil(7 / 2) = 4, an upper bound)
+    assert summary_a["step"] == 6
+
+    cfg_b = dataclasses.replace(cfg_a, train=dataclasses.replace(cfg_a.train, output_dir=str(tmp_path / "b"),
+                                                                 max_steps=4))  # stops inside epoch 2
+    model_b, _, _ = tiny_model(cfg_b)
+    assert train(cfg_b, model_b, tok, proc, shuffled_source(samples), 7)["step"] == 4
+    mid = json.loads((tmp_path / "b/checkpoints/step-000004/trainer_state.json").read_text())
+    assert mid["data"]["epoch"] == 1 and 0 < mid["data"]["consumed"] < 7
+    torch.manual_seed(1234)  # disturb the global RNG: the checkpoint must restore it
+    cfg_b.train.max_steps = 0
+    model_c, _, _ = tiny_model(cfg_b)  # a fresh process would rebuild the model from scratch
+    summary_c = train(cfg_b, model_c, tok, proc, shuffled_source(samples), 7)
+    assert summary_c["step"] == 6 and summary_c["counters"] == summary_a["counters"] == {"region_without_image": 2}
+    steps_logged = [json.loads(r)["step"] for r in (tmp_path / "b/log.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2, 3, 4, 5, 6]  # the second run really resumed at step 4
+    a, c = dict(model_a.named_parameters()), dict(model_c.named_parameters())
+    for name, p in a.items():
+        assert torch.equal(p, c[name]), name
+    state = json.loads((tmp_path / "b/checkpoints/step-000006/trainer_state.json").read_text())
+    assert state["data"] == {"epoch": 1, "consumed": 7}
+
+
+def write_shards(folder: Path, samples) -> None:
+    import webdataset as wds
+
+    folder.mkdir(parents=True)
+    with wds.TarWriter(str(folder / "tiny-000000.tar")) as sink:
+        for s in samples:
+            member = {"__key__": s["json"]["key"], "json": json.dumps(s["json"]).encode()}
+            if s["image"] is not None:
+                buf = io.BytesIO()
+                s["image"].save(buf, format="PNG")
+                member["png"] = buf.getvalue()
+            sink.write(member)
+
+
+def test_cli_trains_from_shards_and_exports(tmp_path):
+    from crop.cli import main
+
+    samples = [region_sample(i, c) for i, c in enumerate(COLORS)] + [instruction_sample(9, False)]
+    write_shards(tmp_path / "shards", samples)
+    out = tmp_path / "run"
+    rc = main(["train-plc", "--config", str(ROOT / "configs/plc-tiny.yaml"), "--shards", str(tmp_path / "shards"),
+               "--output-dir", str(out), "--set", "train.max_steps=2", "--set", "train.batch_size=2"])
+    assert rc == 0
+    saved = common.load_config(TrainPLCConfig, out / "checkpoints/step-000002/config.yaml")
+    assert saved.train.max_steps == 2 and saved.data.shards == [str(tmp_path / "shards")]
+    loaded = LlavaPLC.from_pretrained(str(out / "final/llava"), plc_weights=str(out / "final/plc.safetensors"),
+                                      dtype=torch.float32)
+    trained = LlavaPLC.load_plc(out / "final/plc.safetensors")
+    assert torch.equal(loaded.plc.q_context, trained.q_context)
+    assert loaded.num_image_tokens == 68
