@@ -182,6 +182,30 @@ class AssignShardFn(beam.DoFn):
             yield (offsets[cand["source"]] + rank) % n_shards, cand
 
 
+def prefetch(fn, items: list, window: int = 32, workers: int = 8) -> Iterator:
+    """``map(fn, items)`` in order, with up to ``window`` calls running ahead in I/O threads.
+
+    Image reads are I/O bound (local disk or object store); overlapping them with the CPU work of
+    finalizing and tarring keeps the writer busy. The window bounds memory to ~window images.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+
+
 def _read_image(root: str, cand: dict) -> tuple[str, bytes]:
     tried = []
     for d in cand["image_dirs"]:
@@ -221,12 +245,19 @@ class WriteShardFn(beam.DoFn):
         rejects, per_source, per_kind = [], {}, {}
         sample_stats = summary.empty_sample_stats()
 
+        def fetch(c):  # runs in I/O threads; a Rejected is returned, not raised, to keep order
+            if c["image_rel"] is None:
+                return None, None
+            try:
+                return _read_image(r.inputs.image_root, c)
+            except Rejected as e:
+                return e, None
+
         def samples() -> Iterator:
-            for c in cands:
+            for c, (rel, data) in zip(cands, prefetch(fetch, cands)):
                 try:
-                    rel, data = (None, None)
-                    if c["image_rel"] is not None:
-                        rel, data = _read_image(r.inputs.image_root, c)
+                    if isinstance(rel, Rejected):
+                        raise rel
                     rec, ext, info = finalize(c, rel, data, grid=r.grid_size, policy=r.multi_box,
                                               trailing_period=r.trailing_period, check=r.image_check)
                 except Rejected as e:

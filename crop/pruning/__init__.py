@@ -1,0 +1,38 @@
+"""Inner-LLM Pruning (paper Sec. 3.3) and its baselines, attached to one loaded model.
+
+Public surface::
+
+    token_layout(model_or_config, processor_outputs) -> list[SampleLayout]
+    region_keep_plan(layouts, regions, image_sizes_wh=..., llava_geometry=..., budget=R) -> KeepPlan
+    keep_all_plan(layouts) -> KeepPlan
+    attach_ilp(model, plan, layer=2) -> PruneHandle         (handle.remove() / with-block)
+    attach_fastv(model, layouts, budget, layer=2) -> FastVHandle
+    prune_inputs(model, processor_outputs, plan) -> dict     ("prune": removed before the LLM)
+    center_region(region), random_region(region, seed)      (Table 10 baselines)
+
+See docs/pruning.md for the rules (geometry, budget rectangle, batches, errors).
+"""
+
+from crop.pruning.baselines import center_region, random_region
+from crop.pruning.fastv import FastVHandle, attach_fastv
+from crop.pruning.layout import SampleLayout, ViewGrid, token_layout
+from crop.pruning.plugin import PruneHandle, attach_ilp
+from crop.pruning.prune import prune_inputs
+from crop.pruning.region_map import KeepPlan, budget_rect, keep_all_plan, region_keep_plan
+
+__all__ = [
+    "FastVHandle",
+    "KeepPlan",
+    "PruneHandle",
+    "SampleLayout",
+    "ViewGrid",
+    "attach_fastv",
+    "attach_ilp",
+    "budget_rect",
+    "center_region",
+    "keep_all_plan",
+    "prune_inputs",
+    "random_region",
+    "region_keep_plan",
+    "token_layout",
+]

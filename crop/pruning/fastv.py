@@ -1,0 +1,123 @@
+"""FastV baseline: keep the top-R visual tokens by the last token's attention at layer K-1.
+
+Only one attention row is needed, so it is computed here from layer K-1's own projections:
+the query of the last token and the keys of all tokens (read from the KV cache when the
+prefill filled it, otherwise re-projected). The model keeps running sdpa/eager and never
+returns attention maps. The selection is made at prefill; decode steps reuse it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from crop.pruning.layout import SampleLayout
+from crop.pruning.plugin import PruneHandle, check_supported
+from crop.pruning.region_map import KeepPlan
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding: x (B, H, N, D), cos/sin (B, N, D) -> x*cos + rot(x)*sin."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, N, D)
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+def last_token_attention(layer: torch.nn.Module, h_in: torch.Tensor, pos_emb, mask, keys=None) -> torch.Tensor:
+    """Head-averaged attention (B, N) of the last token of ``h_in`` (B, N, D) at ``layer``.
+
+    ``keys`` (B, Hkv, N, Dh), already rotated, is the layer's cache entry when available.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(h_in)  # (B, N, D)
+    batch, n = x.shape[:2]
+    hd = attn.head_dim
+    cos, sin = pos_emb
+    if cos.shape[0] != batch:
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+    q = attn.q_proj(x[:, -1:]).view(batch, 1, -1, hd).transpose(1, 2)  # (B, H, 1, Dh)
+    q = _rotate(q, cos[:, -1:], sin[:, -1:])
+    if keys is None:
+        k = attn.k_proj(x).view(batch, n, -1, hd).transpose(1, 2)  # (B, Hkv, N, Dh)
+        keys = _rotate(k, cos, sin)
+    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)  # (B, H, N, Dh)
+    s = (q @ keys.transpose(-1, -2)).float() * attn.scaling  # (B, H, 1, N)
+    if mask is not None:
+        row = mask[:, :, -1:, :n]  # (B, 1, 1, N)
+        s = s.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else s + row.float()
+    return s.softmax(-1).mean(1)[:, 0]  # (B, N)
+
+
+def top_r_plan(layouts: Sequence[SampleLayout], scores: torch.Tensor, budget: int) -> KeepPlan:
+    """Keep the ``budget`` highest-scoring visual tokens of each row (ties: lower position)."""
+    masks = []
+    rep = scores.shape[0] // len(layouts)
+    for b in range(scores.shape[0]):
+        lay = layouts[b // rep]
+        s = scores[b, torch.as_tensor(lay.visual_positions, device=scores.device)].cpu().numpy()
+        r = min(budget, s.size)
+        order = np.argsort(-s, kind="stable")[:r]
+        m = np.zeros(s.size, bool)
+        m[order] = True
+        masks.append(m)
+    rows = [layouts[b // rep] for b in range(scores.shape[0])]
+    return KeepPlan.from_keep_masks(rows, masks)
+
+
+class FastVHandle(PruneHandle):
+    """ILP machinery whose plan is chosen at layer K-1 of every prefill.
+
+    With ``freeze=True`` the first prefill's selection is kept for later prefills too (this is
+    how an uncached ``generate`` reproduces the cached run).
+    """
+
+    def __init__(self, model, layouts: Sequence[SampleLayout], budget: int, layer: int = 2, freeze: bool = False):
+        check_supported(model, layer)
+        if budget < 0:
+            raise ValueError(f"FastV budget R must be >= 0, got {budget}")
+        super().__init__(model, None, layer)
+        self.layouts, self.budget, self.freeze = list(layouts), budget, freeze
+        self._captured = None
+        prev = self._layers[layer - 1]
+        self._hooks.append(prev.register_forward_pre_hook(self._pre_select, with_kwargs=True))
+        self._hooks.append(prev.register_forward_hook(self._post_select, with_kwargs=True))
+
+    def reset(self) -> None:
+        """Forget a frozen selection."""
+        self.plan = None
+
+    def _plan_for_prefill(self) -> KeepPlan:
+        if self.plan is None:
+            raise RuntimeError("FastV selection missing: layer K-1 did not run a prefill")
+        return self.plan
+
+    def _pre_select(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        prefill = cache is None or cache.get_seq_length(self.layer - 1) == 0
+        self._captured = None
+        if prefill and not (self.freeze and self.plan is not None):
+            h = args[0] if args else kwargs["hidden_states"]
+            self._captured = (h, kwargs.get("position_embeddings"), kwargs.get("attention_mask"), cache)
+
+    def _post_select(self, module, args, kwargs, output):
+        if self._captured is None:
+            return None
+        h, pe, mask, cache = self._captured
+        self._captured = None
+        keys = None
+        if cache is not None and len(getattr(cache, "layers", ())) > self.layer - 1:
+            k = getattr(cache.layers[self.layer - 1], "keys", None)
+            if k is not None and k.shape[-2] == h.shape[1]:
+                keys = k  # (B, Hkv, N, Dh) written by this prefill
+        with torch.no_grad():
+            scores = last_token_attention(module, h, pe, mask, keys)  # (B, N)
+        self.plan = top_r_plan(self.layouts, scores, self.budget)
+        return None
+
+
+def attach_fastv(model, layouts: Sequence[SampleLayout], budget: int, layer: int = 2, freeze: bool = False) -> FastVHandle:
+    """FastV at layer K (selection from layer K-1's attention), keeping ``budget`` visual tokens."""
+    return FastVHandle(model, layouts, budget, layer, freeze)

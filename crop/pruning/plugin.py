@@ -1,0 +1,239 @@
+"""Inner-LLM pruning as forward pre-hooks on one model instance (no class patching).
+
+From decoder layer ``K`` on, every tensor that is indexed by sequence position is gathered down
+to the kept positions, so layers ``>= K`` see (and cache) only kept tokens, while layers ``< K``
+run on (and cache) the full sequence::
+
+    layer:   0 .. K-1                      K .. L-1
+    tokens:  t t v v v v t t               t t v . . v t t      ('.' = dropped)
+    cache:   full length (prefill + new)   kept length (kept prefill + new)
+
+Kept tokens keep their original positions: the (cos, sin) rotary tables the model computed
+for the full sequence (including Qwen2-VL's 3-D M-RoPE, already folded to (B, N, D)) are
+gathered, not recomputed. During decode the model sizes its 4-D mask against layer 0's cache
+(full length); layers ``>= K`` get that mask with the dropped columns removed. Positions of new
+tokens come from layer 0's cache length, i.e. they continue the original numbering.
+
+Supported: ``DynamicCache`` (or no cache), ``sdpa`` and ``eager`` attention. Rows of a batch may
+drop different positions but must keep the same number of tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from crop.pruning.region_map import KeepPlan
+
+SUPPORTED_ATTN = ("sdpa", "eager")
+
+
+# ----------------------------------------------------------------------------- model access
+def decoder_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
+    """(decoder stack, its layers) of a LLaVA / LLaVA-NeXT / Qwen2-VL / plain causal-LM model."""
+    for path in ("model.language_model", "language_model", "model", ""):
+        mod = model
+        for part in filter(None, path.split(".")):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        layers = getattr(mod, "layers", None) if mod is not None else None
+        if isinstance(layers, torch.nn.ModuleList) and len(layers) and hasattr(layers[0], "self_attn"):
+            return mod, layers
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def check_supported(model: torch.nn.Module, layer: int, *, min_layer: int = 1) -> int:
+    """Validate K and the attention / cache settings; returns the number of layers."""
+    _, layers = decoder_layers(model)
+    n = len(layers)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"layer K must be an int, got {layer!r}")
+    if layer < min_layer:
+        raise ValueError(
+            f"layer K={layer} is not supported: K must be >= {min_layer} (K=0 would prune before the LLM; "
+            "use prune_inputs for that baseline)"
+        )
+    if layer >= n:
+        raise ValueError(f"layer K={layer} must be < the number of decoder layers ({n})")
+    _check_attn(model)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(gen, "cache_implementation", None) not in (None, "dynamic"):
+        raise ValueError(
+            f"generation_config.cache_implementation={gen.cache_implementation!r} is not supported; "
+            "ILP needs a DynamicCache (layers before and after K hold different lengths)"
+        )
+    return n
+
+
+def _check_attn(model: torch.nn.Module) -> None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl not in SUPPORTED_ATTN:
+        raise ValueError(
+            f"attention implementation {impl!r} is not supported (flex / flash attention take packed or "
+            f"block masks that ILP does not rewrite); load the model with attn_implementation in {SUPPORTED_ATTN}"
+        )
+
+
+def _check_runtime(cache: Any) -> None:
+    if torch.compiler.is_compiling():
+        raise RuntimeError("ILP hooks do not support torch.compile; run the model uncompiled")
+    if cache is None:
+        return
+    if getattr(cache, "is_compileable", False) or type(cache).__name__ != "DynamicCache":
+        raise RuntimeError(
+            f"cache {type(cache).__name__} is not supported (static / compileable caches have fixed lengths); "
+            "use the default DynamicCache"
+        )
+
+
+# ----------------------------------------------------------------------------- pure gathers
+def keep_index(plan: KeepPlan, batch: int, seq_len: int, device) -> torch.Tensor:
+    """(B, N_keep) sorted kept positions for a sequence of ``seq_len`` (>= the prompt length).
+
+    A plan with fewer rows than the batch is repeated row-wise (``generate`` expands beams and
+    ``num_return_sequences`` with ``repeat_interleave``).
+    """
+    if seq_len < plan.prompt_len:
+        raise ValueError(f"sequence of {seq_len} tokens is shorter than the plan's prompt ({plan.prompt_len})")
+    if batch % plan.batch_size:
+        raise ValueError(f"batch of {batch} rows does not match a keep plan for {plan.batch_size} rows")
+    rep = batch // plan.batch_size
+    rows = []
+    for b in range(batch):
+        keep = np.ones(seq_len, dtype=bool)
+        keep[plan.drop[b // rep]] = False
+        rows.append(np.flatnonzero(keep))
+    counts = sorted({r.size for r in rows})
+    if len(counts) > 1:
+        raise ValueError(
+            f"batch rows keep different numbers of tokens {counts}; ILP needs equal counts per row "
+            "(use the same region size / a token budget, or run those rows separately)"
+        )
+    return torch.as_tensor(np.stack(rows), dtype=torch.long, device=device)  # (B, N_keep)
+
+
+def gather_seq(x: torch.Tensor | None, idx: torch.Tensor, dim: int = 1) -> torch.Tensor | None:
+    """Gather positions ``idx`` (B, M) along ``dim`` of x (Bx, ..., N, ...); Bx may be 1."""
+    if x is None:
+        return None
+    batch = idx.shape[0]
+    if x.shape[0] != batch:
+        x = x.expand(batch, *x.shape[1:])
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = batch, idx.shape[1]
+    index = idx.view(shape).expand(*[s if i != dim else idx.shape[1] for i, s in enumerate(x.shape)])
+    return x.gather(dim, index)
+
+
+def gather_mask(mask: torch.Tensor | None, rows: torch.Tensor | None, cols: torch.Tensor) -> torch.Tensor | None:
+    """4-D mask (B, 1, Q, KV) -> rows ``rows`` (B, Q') (None = all) and columns ``cols`` (B, KV')."""
+    if mask is None:
+        return None
+    if mask.dim() != 4:
+        raise RuntimeError(f"expected a 4-D attention mask, got shape {tuple(mask.shape)}")
+    if rows is not None:
+        mask = gather_seq(mask, rows, dim=2)  # (B, 1, Q', KV)
+    return gather_seq(mask, cols, dim=3)  # (B, 1, Q', KV')
+
+
+def _gather_positions(kwargs: dict, idx: torch.Tensor, seq_len: int) -> dict:
+    out = {}
+    pe = kwargs.get("position_embeddings")
+    if pe is not None:
+        out["position_embeddings"] = tuple(gather_seq(t, idx, dim=1) for t in pe)  # (B, N_keep, D)
+    pid = kwargs.get("position_ids")
+    if isinstance(pid, torch.Tensor) and pid.shape[-1] == seq_len:
+        if pid.dim() == 2:
+            out["position_ids"] = gather_seq(pid, idx, dim=1)  # (B, N_keep)
+        else:  # (P, B, N): M-RoPE ids carried along
+            out["position_ids"] = torch.stack([gather_seq(p, idx, dim=1) for p in pid])
+    return out
+
+
+# ----------------------------------------------------------------------------- the handle
+class PruneHandle:
+    """Hooks that prune from layer ``K`` on; remove with ``remove()`` or a ``with`` block.
+
+    ``plan`` may be replaced between calls (``handle.plan = new_plan``). ``kept_counts`` reports
+    the number of visual tokens kept per row of the last plan.
+    """
+
+    def __init__(self, model: torch.nn.Module, plan: KeepPlan | None, layer: int):
+        check_supported(model, layer)
+        self.model = model
+        self.layer = layer
+        self.plan = plan
+        _, self._layers = decoder_layers(model)
+        self._hooks: list = []
+        self._keep_idx: torch.Tensor | None = None  # (B, N_keep) kept prefill positions
+        self._prefill_len = 0
+        self._layer_kwargs: dict = {}
+        self._hooks.append(self._layers[layer].register_forward_pre_hook(self._pre_first, with_kwargs=True))
+        for lyr in self._layers[layer + 1 :]:
+            self._hooks.append(lyr.register_forward_pre_hook(self._pre_rest, with_kwargs=True))
+
+    # plan source; FastV overrides it to select at layer K-1
+    def _plan_for_prefill(self) -> KeepPlan:
+        if self.plan is None:
+            raise RuntimeError("no keep plan set on this ILP handle")
+        return self.plan
+
+    @property
+    def kept_counts(self) -> tuple[int, ...] | None:
+        return None if self.plan is None else self.plan.visual_kept
+
+    def _pre_first(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        _check_runtime(cache)
+        _check_attn(self.model)
+        h = args[0] if args else kwargs["hidden_states"]
+        batch, seq_len = h.shape[:2]
+        mask = kwargs.get("attention_mask")
+        prefill = cache is None or cache.get_seq_length(self.layer) == 0
+        if prefill:
+            idx = keep_index(self._plan_for_prefill(), batch, seq_len, h.device)  # (B, N_keep)
+            self._keep_idx, self._prefill_len = idx, seq_len
+            new = _gather_positions(kwargs, idx, seq_len)
+            new["attention_mask"] = gather_mask(mask, idx, idx)
+            h = gather_seq(h, idx, dim=1)  # (B, N, D) -> (B, N_keep, D)
+        else:
+            if self._keep_idx is None or self._keep_idx.shape[0] != batch:
+                raise RuntimeError("decode step reached layer K without a matching pruned prefill")
+            new = {}
+            if mask is not None:
+                kv_full = mask.shape[-1]  # layer-0 length: full past + new tokens
+                tail = torch.arange(self._prefill_len, kv_full, device=h.device).expand(batch, -1)
+                cols = torch.cat([self._keep_idx, tail], dim=1)  # (B, KV_kept)
+                new["attention_mask"] = gather_mask(mask, None, cols)
+        self._layer_kwargs = new
+        kwargs.update(new)
+        if args:
+            args = (h,) + tuple(args[1:])
+        else:
+            kwargs["hidden_states"] = h
+        return args, kwargs
+
+    def _pre_rest(self, module, args, kwargs):
+        kwargs.update(self._layer_kwargs)
+        return args, kwargs
+
+    def remove(self) -> None:
+        for hk in self._hooks:
+            hk.remove()
+        self._hooks.clear()
+        self._keep_idx, self._layer_kwargs = None, {}
+
+    def __enter__(self) -> "PruneHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def attach_ilp(model: torch.nn.Module, plan: KeepPlan, layer: int = 2) -> PruneHandle:
+    """Prune the positions ``plan`` drops from decoder layer ``layer`` (K, paper default 2) on."""
+    return PruneHandle(model, plan, layer)

@@ -1,0 +1,90 @@
+"""FastV selection vs eager attention maps; cached vs frozen-uncached; the "prune" baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crop.geometry import Region
+from crop.pruning import attach_fastv, prune_inputs, region_keep_plan, token_layout
+from crop.pruning.plugin import decoder_layers
+
+from pruning_tiny import FAMILIES, build_inputs, build_model
+
+torch.set_num_threads(1)
+K, R = 2, 5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fastv_selects_top_r_of_eager_attention(family):
+    """The one-row score equals the head-mean of the eager attention map of layer K-1."""
+    model = build_model(family, "eager")
+    x = build_inputs(family, batch=1)
+    lay = token_layout(model, x)
+    with torch.no_grad():
+        att = model(**x, output_attentions=True).attentions[K - 1]  # (B, H, N, N)
+    row = att[0, :, -1].mean(0).numpy()  # (N,)
+    vis = lay[0].visual_positions
+    expected = np.sort(vis[np.argsort(-row[vis], kind="stable")[:R]])
+    with torch.no_grad(), attach_fastv(model, lay, budget=R, layer=K) as h:
+        out = model(**x).logits
+    kept = np.setdiff1d(vis, h.plan.drop[0])
+    np.testing.assert_array_equal(kept, expected)
+    assert out.shape[1] == x["input_ids"].shape[1] - (vis.size - R)
+
+
+@pytest.mark.parametrize("family,attn", [(f, a) for f in FAMILIES for a in ("sdpa", "eager")])
+def test_fastv_cached_equals_frozen_uncached(family, attn):
+    model = build_model(family, attn)
+    x = build_inputs(family, batch=2 if family != "llava_next" else 1)
+    lay = token_layout(model, x)
+    kw = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        with attach_fastv(model, lay, budget=R, layer=K) as h:
+            c = model.generate(**x, **kw)
+            sel = h.plan
+        with attach_fastv(model, lay, budget=R, layer=K, freeze=True) as h2:
+            u = model.generate(**x, use_cache=False, **kw)
+            assert all(np.array_equal(a, b) for a, b in zip(h2.plan.drop, sel.drop))
+    assert torch.equal(c.sequences, u.sequences)
+    for a, b in zip(c.logits, u.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_prune_inputs_equals_shorter_sequence(family):
+    """'prune' = the LLM run on the kept embeddings only (positions renumbered)."""
+    model = build_model(family, "sdpa")
+    x = build_inputs(family, batch=1)
+    lay = token_layout(model, x)
+    plan = region_keep_plan(lay, [Region(0, 0, 3, 3)], image_sizes_wh=[(16, 12)])
+    out = prune_inputs(model, x, plan)
+    n_keep = x["input_ids"].shape[1] - plan.drop[0].size
+    assert out["inputs_embeds"].shape[:2] == (1, n_keep)
+    # independent reference: text embeddings of the kept text positions are the token embeddings
+    keep = np.setdiff1d(np.arange(x["input_ids"].shape[1]), plan.drop[0])
+    text = [i for i, p in enumerate(keep) if x["input_ids"][0, p] != 99]
+    emb = model.get_input_embeddings()(x["input_ids"][0, keep[text]])
+    torch.testing.assert_close(out["inputs_embeds"][0, text], emb)
+    with torch.no_grad():
+        logits = model(**out).logits
+        gen = model.generate(**out, max_new_tokens=3, do_sample=False)
+    assert logits.shape[1] == n_keep and gen.shape == (1, 3)
+    assert torch.equal(gen[0, 0], logits[0, -1].argmax())
+
+
+def test_prune_inputs_qwen_keeps_mrope_positions():
+    model = build_model("qwen2_vl", "sdpa")
+    x = build_inputs("qwen2_vl", batch=1)
+    lay = token_layout(model, x)
+    plan = region_keep_plan(lay, [Region(4, 4, 7, 7)])
+    stack, _ = decoder_layers(model)
+    got = {}
+    h = stack.register_forward_pre_hook(lambda m, a, k: got.update(k), with_kwargs=True)
+    with torch.no_grad():
+        model(**x)
+    h.remove()
+    out = prune_inputs(model, x, plan)
+    keep = np.setdiff1d(np.arange(x["input_ids"].shape[1]), plan.drop[0])
+    torch.testing.assert_close(out["position_ids"], got["position_ids"][:, :, keep])
