@@ -2,15 +2,12 @@
 
 Graph (each step a thin shell over a pure function in ``pipelines.*``)::
 
-    input files --ReadInputs--> (source, file, line, payload) --Reshuffle--> Parse --+--> rejects
-                                      |                                             |
-                                      +--> Count per source ("read")                v
-    candidates --GroupByKey(key)--> Dedup --+--> rejects (duplicate_key)      candidates
-                                            v
+    input files --Read--> (source, file, line, payload) --Parse--> candidates / rejects
+                                  +--> Count per source ("read")
     (source, sort_hash) --CombinePerKey(ToList)--> Select (cap/fraction, bottom-k by hash)
                                             |  side input
     candidates --AssignShard--> (shard, candidate) --GroupByKey--> WriteShard (reads images,
-        finalizes records, writes tar + stats marker) --> shard stats
+        rejects duplicate keys, finalizes records, writes tar + stats marker) --> shard stats
     shard stats + rejects + counts + input checksums --> WriteOutputs (manifest, stats, rejects,
         reconciliation, dataset card)
 
@@ -128,32 +125,42 @@ class ParseFn(beam.DoFn):
         yield cand
 
 
-def dedup(kv) -> Iterator:
-    """Keep the first record of a key (by file, line); the others are ``duplicate_key`` rejects."""
-    key, cands = kv
-    cands = sorted(cands, key=lambda c: (c["source_file"], c["line"]))
-    yield cands[0]
-    for c in cands[1:]:
-        err = Rejected(STAGE_DEDUP, "duplicate_key",
-                       f"key {key} already taken by {cands[0]['source_file']}:{cands[0]['line']}")
-        yield beam.pvalue.TaggedOutput(REJECTS, reject_record(c["source"], c["source_file"], c["line"],
-                                                              c["source_id"], err))
+def duplicate_flags(cands: list[dict]) -> list[dict | None]:
+    """For candidates sorted by (key, file, line): ``None`` for the first of each key, else the
+    kept candidate it duplicates. Duplicates share their key, hence their hash, rank and shard,
+    so they always meet in the same writer: no separate shuffle is needed to find them."""
+    out, first = [], None
+    for c in cands:
+        if first is not None and c["key"] == first["key"]:
+            out.append(first)
+        else:
+            first = c
+            out.append(None)
+    return out
 
 
 # --------------------------------------------------------------------------- selection and shards
 def select(kv, recipe: Recipe) -> tuple[str, dict]:
-    """Bottom-k by seeded hash: the same seed and inputs select the same records anywhere."""
+    """Bottom-k by seeded hash over distinct keys: the same seed and inputs select the same
+    records anywhere. Records sharing a key (duplicates) share a hash and are counted once here;
+    the writer keeps the first and rejects the others (``duplicate_key``). ``capped`` counts every
+    record, duplicates included, that the cap left out."""
+    from collections import Counter
+
     source, hashes = kv
     spec = recipe.llava if source == "llava" else recipe.sources.get(source)
-    hashes = sorted(hashes)
-    n = 0 if spec is None else spec.resolve(len(hashes))
+    mult = Counter(hashes)
+    unique = sorted(mult)
+    n = 0 if spec is None else spec.resolve(len(unique))
     wanted = None if spec is None else (spec.cap if spec.cap is not None else n)
-    if spec is not None and spec.cap is not None and spec.cap > len(hashes):
-        msg = f"recipe cap for {source} is {spec.cap} but only {len(hashes)} valid records exist; taking all"
+    if spec is not None and spec.cap is not None and spec.cap > len(unique):
+        msg = f"recipe cap for {source} is {spec.cap} but only {len(unique)} valid records exist; taking all"
         if recipe.strict_caps:
             raise ValueError(msg + " (strict_caps is set)")
         log.warning(msg)
-    return source, {"selected_hashes": hashes[:n], "selected": n, "available": len(hashes), "wanted": wanted}
+    taken = sum(mult[h] for h in unique[:n])
+    return source, {"selected_hashes": unique[:n], "selected": n, "available": len(unique),
+                    "capped": len(hashes) - taken, "wanted": wanted}
 
 
 class AssignShardFn(beam.DoFn):
@@ -241,8 +248,15 @@ class WriteShardFn(beam.DoFn):
 
     def _write(self, shard: str, stats_path: str, cands) -> dict:
         r = self.recipe
-        cands = sorted(cands, key=lambda c: c["key"])
+        cands = sorted(cands, key=lambda c: (c["key"], c["source_file"], c["line"]))
+        dups = duplicate_flags(cands)
         rejects, per_source, per_kind = [], {}, {}
+        for c, first in zip(cands, dups):
+            if first is not None:
+                err = Rejected(STAGE_DEDUP, "duplicate_key",
+                               f"key {c['key']} already taken by {first['source_file']}:{first['line']}")
+                rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
+        cands = [c for c, first in zip(cands, dups) if first is None]
         sample_stats = summary.empty_sample_stats()
 
         def fetch(c):  # runs in I/O threads; a Rejected is returned, not raised, to keep order
@@ -291,7 +305,7 @@ def checksum(spec: tuple[str, str, str]) -> dict:
 def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read, selection, inputs):
     manifest, stats, all_rejects = summary.build_outputs(
         name=recipe.name, recipe=recipe.to_dict(), shard_stats=shard_stats, rejects=rejects,
-        read=dict(read), selection={s: {k: v[k] for k in ("selected", "available", "wanted")}
+        read=dict(read), selection={s: {k: v[k] for k in ("selected", "available", "capped", "wanted")}
                                     for s, v in selection.items()},
         inputs=inputs)
     io_.atomic_write(io_.join(out_dir, "rejects.jsonl"),
@@ -313,18 +327,17 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
     files = p | "Inputs" >> beam.Create(specs)
     raw = files | "Read" >> beam.FlatMap(read_input)
     read_counts = raw | "SourceOf" >> beam.Map(lambda e: e[0]) | "CountRead" >> beam.combiners.Count.PerElement()
-    parsed = (raw | "Spread" >> beam.Reshuffle()
-              | "Parse" >> beam.ParDo(ParseFn(recipe)).with_outputs(REJECTS, main="ok"))
-    deduped = (parsed.ok | "ByKey" >> beam.Map(lambda c: (c["key"], c)) | "GroupByKey" >> beam.GroupByKey()
-               | "Dedup" >> beam.FlatMap(dedup).with_outputs(REJECTS, main="ok"))
-    selection = (deduped.ok | "HashBySource" >> beam.Map(lambda c: (c["source"], c["sort_hash"]))
+    # Parsing is light and runs where the file is read; the one shuffle of candidates is the
+    # group-by-shard below (duplicates meet there too, see duplicate_flags).
+    parsed = raw | "Parse" >> beam.ParDo(ParseFn(recipe)).with_outputs(REJECTS, main="ok")
+    selection = (parsed.ok | "HashBySource" >> beam.Map(lambda c: (c["source"], c["sort_hash"]))
                  | "CollectHashes" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
                  | "Select" >> beam.Map(select, recipe))
-    shard_stats = (deduped.ok
+    shard_stats = (parsed.ok
                    | "Assign" >> beam.ParDo(AssignShardFn(recipe.shard_max_samples), beam.pvalue.AsDict(selection))
                    | "GroupByShard" >> beam.GroupByKey()
                    | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir)))
-    rejects = (parsed[REJECTS], deduped[REJECTS]) | "AllRejects" >> beam.Flatten()
+    rejects = parsed[REJECTS]
     inputs = files | "Checksum" >> beam.Map(checksum)
     AsList = beam.pvalue.AsList
     (p | "Finish" >> beam.Create([None])

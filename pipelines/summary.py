@@ -106,7 +106,7 @@ def build_outputs(*, name: str, recipe: Mapping, shard_stats: list[Mapping], rej
     by_reason: dict[str, Counter] = defaultdict(Counter)
     for r in all_rejects:
         by_reason[r["source"]][r["reason"]] += 1
-    capped = {s: v["available"] - v["selected"] for s, v in selection.items() if v["available"] - v["selected"]}
+    capped = {s: v["capped"] for s, v in selection.items() if v["capped"]}
     shortfall = {s: v["wanted"] - v["selected"] for s, v in selection.items()
                  if v["wanted"] is not None and v["wanted"] > v["selected"]}
     reconcile(read, per_source, rejected_n, capped)

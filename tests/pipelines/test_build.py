@@ -178,14 +178,14 @@ def test_lost_elements_fail_reconciliation(tmp_path, monkeypatch):
     from pipelines import build
     from pipelines.summary import ReconciliationError
 
-    original = build.dedup
+    original = build.AssignShardFn.process
 
-    def lossy_dedup(kv):
-        if kv[0].startswith("gqa-"):
+    def lossy_process(self, cand, selection):
+        if cand["source"] == "gqa" and cand["line"] == 3:
             return iter(())  # the element vanishes without a reject
-        return original(kv)
+        return original(self, cand, selection)
 
-    monkeypatch.setattr(build, "dedup", lossy_dedup)
+    monkeypatch.setattr(build.AssignShardFn, "process", lossy_process)
     with pytest.raises(Exception) as e:
         run(["--recipe", DEMO_RECIPE, "--output", str(tmp_path / "lossy"), "--log-level", "WARNING"])
     assert "do not reconcile" in str(e.value) and "gqa" in str(e.value)

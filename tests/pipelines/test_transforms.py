@@ -58,14 +58,27 @@ def test_parse_splits_candidates_and_rejects():
                     equal_to([("gqa", 2, None, "empty_bboxs"), ("llava", 2, "6", "missing_field")]), label="rej")
 
 
-def test_dedup_keeps_first_by_file_and_line():
-    a = parse_llava_item({"id": 7, "conversations": CONV}, "b.json", 4, seed=0)
-    b = parse_llava_item({"id": "7", "conversations": CONV}, "a.json", 9, seed=0)
+def test_duplicates_meet_in_one_writer_first_by_file_and_line_wins(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "img"
+    (root / "coco").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "coco" / "a.jpg")
+    r = parse_recipe({"name": "t", "inputs": {"image_root": str(root)}, "sources": {}, "llava": {},
+                      "shards": {"name": "t", "max_samples": 10}})
+    a = parse_llava_item({"id": 7, "image": "coco/a.jpg", "conversations": CONV}, "b.json", 4, seed=0)
+    b = parse_llava_item({"id": "7", "image": "coco/a.jpg", "conversations": CONV}, "a.json", 9, seed=0)
+    assert a["key"] == b["key"] and a["sort_hash"] == b["sort_hash"]  # same rank, same shard
     with TestPipeline() as p:
-        res = (p | beam.Create([(a["key"], [a, b])]) | beam.FlatMap(build.dedup).with_outputs(build.REJECTS, main="ok"))
-        assert_that(res.ok | "k" >> beam.Map(lambda c: (c["source_file"], c["line"])), equal_to([("a.json", 10)]), label="ok")
-        assert_that(res[build.REJECTS] | "r" >> beam.Map(lambda r: (r["file"], r["reason"])),
-                    equal_to([("b.json", "duplicate_key")]), label="rej")
+        stats = p | beam.Create([(0, [a, b])]) | beam.ParDo(build.WriteShardFn(r, str(tmp_path / "o")))
+        assert_that(stats | beam.Map(lambda s: (s["samples"], [(j["file"], j["line"], j["reason"]) for j in s["rejects"]])),
+                    equal_to([(1, [("b.json", 5, "duplicate_key")])]))
+
+
+def test_select_counts_duplicates_once_for_the_cap():
+    _, sel = build.select(("llava", [5, 1, 1, 9, 3]), RECIPE)  # cap 3 over distinct hashes 1, 3, 5
+    assert sel["selected_hashes"] == [1, 3, 5] and sel["available"] == 4
+    assert sel["capped"] == 1  # only 9; the second 1 is a duplicate, rejected by the writer
 
 
 def test_select_then_assign_caps_by_hash_and_deals_round_robin():
