@@ -351,8 +351,21 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
 BUILD_FILE = "_build.json"
 
 
+def build_fingerprint(recipe: Recipe) -> str:
+    """Recipe + (path, size, mtime) of every input: a resume is only safe when none changed."""
+    parts = [recipe.fingerprint()]
+    for _, _, path in list_inputs(recipe):
+        meta = FileSystems.match([path])[0].metadata_list[0]
+        parts.append(f"{path}|{meta.size_in_bytes}|{getattr(meta, 'last_updated_in_seconds', 0)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
-    """Resume, refuse or wipe an existing output folder. Returns "fresh", "resume" or "overwrite"."""
+    """Resume, refuse or wipe an existing output folder. Returns "fresh", "resume" or "overwrite".
+
+    A folder built from the same recipe and unchanged inputs resumes; anything else is refused
+    unless ``overwrite`` is set."""
+    fingerprint = build_fingerprint(recipe)
     existing = []
     if FileSystems.exists(out_dir):
         existing = [m.path for m in FileSystems.match([io_.join(out_dir, "*")])[0].metadata_list]
@@ -362,9 +375,9 @@ def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
         mode = "overwrite"
     elif existing:
         previous = json.loads(io_.read_bytes(fp_path)) if FileSystems.exists(fp_path) else None
-        if previous is None or previous.get("fingerprint") != recipe.fingerprint():
+        if previous is None or previous.get("fingerprint") != fingerprint:
             raise FileExistsError(
-                f"{out_dir} already holds a build of a different recipe (or no {BUILD_FILE}); "
+                f"{out_dir} already holds a build of a different recipe or inputs (or no {BUILD_FILE}); "
                 "pass --overwrite to replace it or choose another --output")
         stale = io_.list_stale_temp_files(out_dir)
         if stale:
@@ -374,7 +387,7 @@ def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
         if io_.is_local(out_dir):
             os.makedirs(out_dir, exist_ok=True)
         mode = "fresh"
-    io_.write_json(fp_path, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+    io_.write_json(fp_path, {"fingerprint": fingerprint, "recipe": recipe.to_dict()})
     return mode
 
 

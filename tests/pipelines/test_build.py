@@ -173,6 +173,16 @@ def test_rerun_of_other_recipe_refuses_without_overwrite(demo_build, demo_corpus
     assert len(manifest["shards"]) > 4 and len(glob.glob(str(out / "*.tar"))) == len(manifest["shards"])
 
 
+def test_rerun_after_an_input_changed_refuses(demo_corpus_copy, tmp_path):
+    corpus, recipe = demo_corpus_copy
+    out = tmp_path / "o"
+    run(["--recipe", recipe, "--output", str(out), "--log-level", "WARNING"])
+    with open(corpus / "viscot" / "gqa_cot_train.jsonl", "a") as f:
+        f.write('{"question": "new", "answer": "a", "image": "gqa_000.jpg", "width": 1, "height": 1, "bboxs": [[0,0,1,1]]}\n')
+    with pytest.raises(FileExistsError, match="different recipe or inputs"):
+        run(["--recipe", recipe, "--output", str(out), "--log-level", "WARNING"])
+
+
 def test_lost_elements_fail_reconciliation(tmp_path, monkeypatch):
     """A runner that silently loses elements (as Beam's multi_threading mode was seen to) is caught."""
     from pipelines import build
