@@ -113,28 +113,32 @@ def validate(record: Mapping, name: str = "sample") -> None:
         raise ContractError(f"{name} {where!s} violates the contract:\n  " + "\n  ".join(lines))
 
 
+# One table of the sample record's column types, from which both the ``datasets.Features`` and the
+# dataset card's YAML are derived. Types: a datasets dtype, "conversations" (list of from/value
+# structs), "list:<dtype>" and "list2:<dtype>" (list of lists).
+SAMPLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("schema_version", "int32"), ("key", "string"), ("kind", "string"), ("source", "string"),
+    ("source_id", "string"), ("source_file", "string"), ("image", "string"),
+    ("image_width", "int32"), ("image_height", "int32"), ("conversations", "conversations"),
+    ("question", "string"), ("answer", "string"), ("boxes_xyxy_px", "list2:float64"),
+    ("union_box_xyxy_px", "list:float64"), ("region_blocks", "list:int32"), ("grid_size", "int32"),
+)
+
+
 def sample_features():
     """``datasets.Features`` of the sample record, declared so no field is inferred away."""
     from datasets import Features, List, Value
 
-    return Features({
-        "schema_version": Value("int32"),
-        "key": Value("string"),
-        "kind": Value("string"),
-        "source": Value("string"),
-        "source_id": Value("string"),
-        "source_file": Value("string"),
-        "image": Value("string"),
-        "image_width": Value("int32"),
-        "image_height": Value("int32"),
-        "conversations": List({"from": Value("string"), "value": Value("string")}),
-        "question": Value("string"),
-        "answer": Value("string"),
-        "boxes_xyxy_px": List(List(Value("float64"))),
-        "union_box_xyxy_px": List(Value("float64")),
-        "region_blocks": List(Value("int32")),
-        "grid_size": Value("int32"),
-    })
+    def feature(kind: str):
+        if kind == "conversations":
+            return List({"from": Value("string"), "value": Value("string")})
+        if kind.startswith("list2:"):
+            return List(List(Value(kind[6:])))
+        if kind.startswith("list:"):
+            return List(Value(kind[5:]))
+        return Value(kind)
+
+    return Features({name: feature(kind) for name, kind in SAMPLE_COLUMNS})
 
 
 IMAGE_MEMBER_EXTS = ("jpg", "png", "webp", "gif", "bmp", "tiff")
@@ -153,3 +157,24 @@ def shard_features():
     cols = {"__key__": Value("string"), "__url__": Value("string"), "json": sample_features()}
     cols.update({ext: Image() for ext in IMAGE_MEMBER_EXTS})
     return Features(cols)
+
+
+def shard_features_yaml() -> list[dict]:
+    """The ``dataset_info.features`` YAML list of a shard row, without importing ``datasets``.
+
+    Equal to ``shard_features()._to_yaml_list()`` (a test holds them together); the dataset card
+    uses this so that the end of a build does not pay for importing ``datasets``.
+    """
+    def column(name: str, kind: str) -> dict:
+        if kind == "conversations":
+            return {"name": name, "list": [{"name": "from", "dtype": "string"},
+                                           {"name": "value", "dtype": "string"}]}
+        if kind.startswith("list2:"):
+            return {"name": name, "list": {"list": kind[6:]}}
+        if kind.startswith("list:"):
+            return {"name": name, "list": kind[5:]}
+        return {"name": name, "dtype": kind}
+
+    return ([{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
+             {"name": "json", "struct": [column(n, k) for n, k in SAMPLE_COLUMNS]}]
+            + [{"name": ext, "dtype": "image"} for ext in IMAGE_MEMBER_EXTS])
