@@ -27,12 +27,16 @@ import re
 import tarfile
 import warnings
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from PIL import Image
 
-MEMBER_RE = re.compile(r"^(?P<key>[a-z0-9][a-z0-9_-]{0,95})\.(?P<ext>[A-Za-z0-9]{1,10})$")
-"""A safe member name: the contract's dot-free key, one dot, a short alphanumeric extension."""
+from crop.data.tar_headers import FastTarInfo, open_mode, read_member_data
+
+MEMBER_RE = re.compile(r"(?P<key>[a-z0-9][a-z0-9_-]{0,95})\.(?P<ext>[A-Za-z0-9]{1,10})")
+"""A safe member name (matched whole): the contract's dot-free key, one dot, a short alphanumeric
+extension. ``fullmatch``, not ``match`` with ``$``, which would let a trailing newline through."""
+_safe_name = MEMBER_RE.fullmatch
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp"})
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "joblib"})
@@ -112,7 +116,7 @@ class ErrorPolicy:
 
 def classify_member(name: str) -> tuple[str, str | None, str | None]:
     """``(kind, key, ext)`` of a tar member name; kind is json | image | pickle | other | unsafe."""
-    m = MEMBER_RE.match(name)
+    m = _safe_name(name)
     if m is None:
         return "unsafe", None, None
     key, ext = m.groups()
@@ -120,7 +124,25 @@ def classify_member(name: str) -> tuple[str, str | None, str | None]:
     return _KIND_OF_EXT.get(ext, "other"), key, ext
 
 
-@dataclass
+def count_sample_runs(names: Iterable[str]) -> int:
+    """Samples among member names, counted as :func:`iter_shard_samples` indexes them.
+
+    A sample is a run of consecutive safe names sharing a key that contains a ``.json``; unsafe
+    names are not part of any run.
+    """
+    done, run_key, run_json = 0, None, False
+    for name in names:
+        kind, key, _ = classify_member(name)
+        if kind == "unsafe":
+            continue
+        if key != run_key:
+            done += run_json
+            run_key, run_json = key, False
+        run_json = run_json or kind == "json"
+    return done + run_json
+
+
+@dataclass(slots=True)
 class RawSample:
     """One sample's undecoded members, as read from a shard."""
 
@@ -131,99 +153,84 @@ class RawSample:
     image_ext: str | None
 
 
-class _Selector:
-    """Decides, member by member and from the name alone, what :func:`iter_shard_samples` reads.
-
-    It sees every member name in order, so it is where sample indices are counted (a sample is a
-    run of members sharing a key that contains a ``.json``), unsafe names are reported, and data
-    outside ``[start, stop)`` is skipped without being read. ``past_stop`` tells the reader that
-    the rest of the shard is not wanted.
-    """
-
-    def __init__(self, shard: str, policy: ErrorPolicy, start: int, stop: int | None) -> None:
-        self.shard, self.policy, self.start, self.stop = shard, policy, start, stop
-        self.key: str | None = None     # key of the run being read
-        self.has_json = False
-        self.done = 0                   # completed runs that had a json member
-        self.kind = self.ext = None
-        self.past_stop = False
-
-    @property
-    def index(self) -> int:
-        return self.done
-
-    def __call__(self, fname: str) -> bool:
-        kind, key, ext = classify_member(fname)
-        if kind == "unsafe":
-            self.policy.report("unsafe_name", f"{self.shard}:{fname}", "member name is not <key>.<ext>")
-            return False
-        if key != self.key:
-            if self.has_json:
-                self.done += 1
-            self.key, self.has_json = key, False
-        if kind == "json":
-            self.has_json = True
-        if self.stop is not None and self.done >= self.stop:
-            self.past_stop = True
-            return False
-        if kind in ("pickle", "other"):
-            self.policy.report("pickle_member" if kind == "pickle" else "ignored_member",
-                               f"{self.shard}:{fname}", kind)
-            return False
-        self.kind, self.ext = kind, ext
-        return self.done >= self.start
-
-
 def iter_shard_samples(fileobj: IO[bytes], shard: str, policy: ErrorPolicy,
                        start: int = 0, stop: int | None = None) -> Iterator[RawSample]:
     """Yield the shard's samples with ``start <= index < stop`` as :class:`RawSample`.
 
-    A streaming read (``tarfile`` mode ``r|*``: works on pipes and remote streams, plain or
-    compressed); members outside the range or not wanted are skipped without being read.
-    Member-level problems (a key without ``.json``, a duplicated member) are reported and the
-    sample skipped. Tar-level errors (corrupt header, truncated data) propagate: the caller decides
-    what the rest of the shard is worth (see ``crop.data.stream``).
+    A single front-to-back pass (``tarfile`` random access for local files, streaming for pipes
+    and remote streams; plain or compressed: :func:`~crop.data.tar_headers.open_mode`). Each
+    member is judged from its name alone before any of its data is read: unsafe names are
+    reported and skipped, members that are neither ``.json`` nor an image (pickles
+    included) are counted and never read, data outside ``[start, stop)`` is skipped and the shard
+    is left as soon as ``stop`` is reached. Member-level problems (a key without ``.json``, a
+    duplicated member) are reported and the sample skipped. Tar-level errors (corrupt header,
+    truncated data) propagate: the caller decides what the rest of the shard is worth.
 
-    Why not ``webdataset.tariterators.tar_file_iterator``: same loop, but its per-member regex and
-    exception plumbing cost ~15% of the bytes-only rate (``benchmarks/loader_throughput.py``),
-    and it cannot stop a shard early.
+    Cost: this loop runs once per member, so it keeps its state in locals (no per-member dicts or
+    helper objects), matches a name with one precompiled regex, parses headers with
+    :class:`~crop.data.tar_headers.FastTarInfo` and reads data without ``extractfile``'s
+    wrappers. Why not ``webdataset.tariterators.tar_file_iterator``: slower per member and it
+    cannot stop a shard early (``benchmarks/loader_throughput.py``).
     """
-    sel = _Selector(shard, policy, start, stop)
-    group: dict | None = None
+    report, kinds, safe_name = policy.report, _KIND_OF_EXT, _safe_name
+    done, run_key, run_json = 0, None, False   # completed json runs; the run being seen
+    g_key = None                               # the sample being collected (None: none)
+    g_index, g_json, g_image, g_ext, g_dup = 0, None, None, None, None
 
-    def finish(g: dict) -> Iterator[RawSample]:
-        where = f"{shard}:{g['key']}"
-        if g["dup"]:
-            policy.report("duplicate_member", where, f"repeated member(s) {sorted(g['dup'])}")
-        elif g["json"] is None:
-            policy.report("missing_json", where, "sample has no .json member")
+    def finished() -> RawSample | None:
+        where = f"{shard}:{g_key}"
+        if g_dup:
+            report("duplicate_member", where, f"repeated member(s) {sorted(g_dup)}")
+        elif g_json is None:
+            report("missing_json", where, "sample has no .json member")
         else:
-            yield RawSample(g["key"], g["index"], g["json"], g["image"], g["ext"])
+            return RawSample(g_key, g_index, g_json, g_image, g_ext)
+        return None
 
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-        for info in tar:
-            tar.members = []  # a streaming TarFile keeps every header otherwise
+    with tarfile.open(fileobj=fileobj, mode=open_mode(fileobj), tarinfo=FastTarInfo) as tar:
+        next_member, seen = tar.next, tar.members  # a streaming TarFile keeps every header: clear
+        while (info := next_member()) is not None:
+            seen.clear()
             if not info.isreg():
                 continue
-            if not sel(info.name):
-                if sel.past_stop:
-                    break
+            name = info.name
+            m = safe_name(name)
+            if m is None:
+                report("unsafe_name", f"{shard}:{name}", "member name is not <key>.<ext>")
                 continue
-            data = tar.extractfile(info).read()
-            key, kind = sel.key, sel.kind
-            if group is None or group["key"] != key:
-                if group is not None:
-                    yield from finish(group)
-                group = {"key": key, "index": sel.index, "json": None, "image": None, "ext": None,
-                         "dup": []}
-            slot = "json" if kind == "json" else "image"
-            if group[slot] is not None:
-                group["dup"].append(info.name)
-            group[slot] = data
-            if slot == "image":
-                group["ext"] = sel.ext
-    if group is not None:
-        yield from finish(group)
+            key, ext = m.groups()
+            kind = kinds.get(ext)
+            if kind is None:
+                ext = ext.lower()
+                kind = kinds.get(ext, "other")
+            if key != run_key:
+                done += run_json
+                run_key, run_json = key, False
+            if kind == "json":
+                run_json = True
+            if stop is not None and done >= stop:
+                break
+            if kind != "json" and kind != "image":
+                report("pickle_member" if kind == "pickle" else "ignored_member",
+                       f"{shard}:{name}", kind)
+                continue
+            if done < start:
+                continue
+            data = read_member_data(tar, info)
+            if key != g_key:
+                if g_key is not None and (sample := finished()) is not None:
+                    yield sample
+                g_key, g_index, g_json, g_image, g_ext, g_dup = key, done, None, None, None, None
+            if kind == "json":
+                if g_json is not None:
+                    g_dup = (g_dup or []) + [name]
+                g_json = data
+            else:
+                if g_image is not None:
+                    g_dup = (g_dup or []) + [name]
+                g_image, g_ext = data, ext
+    if g_key is not None and (sample := finished()) is not None:
+        yield sample
 
 
 def decode_json(data: bytes, where: str = "json") -> dict:

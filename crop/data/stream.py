@@ -1,6 +1,6 @@
 """Stream CROP shards into a PyTorch ``DataLoader``: seeded shuffling, exact splits, resumption.
 
-How an epoch is planned (pure functions below, tested without a DataLoader)::
+How an epoch is planned (pure functions in :mod:`crop.data.plan`, tested without a DataLoader)::
 
     shards (manifest counts) --shuffle(seed, epoch)--> one sequence of N samples, positions 0..N-1
     pad to L = ceil(N / R) * R (uneven="pad": positions >= N repeat the first samples, __pad__=True)
@@ -29,232 +29,26 @@ keep ``in_order=True`` and ``persistent_workers=False`` so ``set_epoch`` reaches
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
-import json
 import logging
 import math
 import os
 import random
-import tarfile
 from dataclasses import dataclass
 from itertools import islice
-from typing import IO, Iterator, Sequence
-from urllib.parse import urlparse
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from crop.data.safety import (DEFAULT_MAX_IMAGE_PIXELS, INFO_KINDS, ON_ERROR, Counters, ErrorPolicy,
-                              ImageTooLargeError, RawSample, ShardReadError, _Selector,
-                              decode_image, decode_json, iter_shard_samples)
+                              ImageTooLargeError, RawSample, ShardReadError, decode_image,
+                              decode_json, iter_shard_samples)
+from crop.data.plan import (UNEVEN, Segment, epoch_length, segments, shard_order,  # noqa: F401
+                            split_sizes, stream_span, worker_progress)
+from crop.data.sources import ShardRef, count_samples, open_url, resolve_shards  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-UNEVEN = ("pad", "drop")
-
-
-# ----------------------------------------------------------------------------- shard sources
-@dataclass(frozen=True)
-class ShardRef:
-    url: str        # local path or URL, as opened
-    name: str       # file name, e.g. demo-000003.tar
-    samples: int    # sample (= json member) count
-
-
-def _is_local(url: str) -> bool:
-    scheme = urlparse(url).scheme
-    return scheme in ("", "file") or len(scheme) == 1  # one letter: a Windows drive
-
-
-def _local_path(url: str) -> str:
-    return urlparse(url).path if url.startswith("file://") else url
-
-
-def open_url(url: str) -> IO[bytes]:
-    """Open a shard/manifest for reading: local files directly, ``pipe:``/``ais:`` etc. through
-    webdataset's ``gopen``, every other scheme (s3, gs, hf, http(s), memory, ...) through fsspec."""
-    if _is_local(url):
-        # unbuffered: tarfile's stream reader buffers itself; a second buffer only adds copies
-        return open(_local_path(url), "rb", buffering=0)
-    scheme = urlparse(url).scheme
-    from webdataset import gopen
-
-    if scheme in ("pipe", "ais", "htgs"):
-        return gopen.gopen(url, "rb")
-    try:
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
-    except (ImportError, ValueError):  # fsspec lacks the scheme or its backend package
-        return gopen.gopen(url, "rb")
-
-
-def _join(base_url: str, name: str) -> str:
-    if os.path.basename(name) != name or name in ("", ".", ".."):
-        raise ValueError(f"manifest shard name {name!r} is not a plain file name")
-    if _is_local(base_url):
-        return os.path.join(os.path.dirname(_local_path(base_url)), name)
-    return base_url.rsplit("/", 1)[0] + "/" + name
-
-
-def _from_manifest(url: str) -> list[ShardRef]:
-    with open_url(url) as f:
-        manifest = json.load(f)
-    try:
-        entries = [(e["shard"], int(e["samples"])) for e in manifest["shards"]]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{url}: not a CROP manifest (shards[].shard/samples): {e!r}") from e
-    return [ShardRef(_join(url, name), name, n) for name, n in entries]
-
-
-def count_samples(url: str) -> int:
-    """Samples in one shard: its ``.stats.json`` beside it if readable, else a scan of the names."""
-    if url.endswith(".tar"):
-        try:
-            with open_url(url[:-4] + ".stats.json") as f:
-                return int(json.load(f)["samples"])
-        except Exception:  # noqa: BLE001 - absent/unreadable (remote backends raise their own types)
-            pass
-    if not _is_local(url):
-        log.warning("%s: no manifest or stats file; streaming the whole shard to count it", url)
-    sel = _Selector(url, ErrorPolicy("skip", max_warnings=0), 0, None)
-    try:
-        with open_url(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for info in tar:
-                if info.isreg():
-                    sel(info.name)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise ValueError(f"{url}: cannot count the shard's samples (no manifest/stats): {e!r}") from e
-    return sel.done + int(sel.has_json)
-
-
-def _expand(src: str) -> list[str]:
-    import braceexpand
-
-    out: list[str] = []
-    for item in braceexpand.braceexpand(src):
-        before = len(out)
-        if not glob.has_magic(item):
-            out.append(item)
-        elif _is_local(item):
-            out.extend(sorted(glob.glob(_local_path(item))))
-        else:
-            import fsspec
-
-            fs, _, paths = fsspec.core.get_fs_token_paths(item)
-            out.extend(sorted(fs.unstrip_protocol(p) for p in paths))
-        if len(out) == before:
-            raise FileNotFoundError(f"shard pattern {item!r} matches nothing")
-    return out
-
-
-def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ShardRef]:
-    """Shard list with counts from paths, URLs, globs, ``{a..b}`` braces, folders or manifests."""
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    refs: list[ShardRef] = []
-    for src in map(os.fspath, sources):
-        for url in _expand(src):
-            if url.endswith(".json"):
-                refs.extend(_from_manifest(url))
-            elif _is_local(url) and os.path.isdir(_local_path(url)):
-                folder = _local_path(url)
-                manifest = os.path.join(folder, "manifest.json")
-                if os.path.exists(manifest):
-                    refs.extend(_from_manifest(manifest))
-                else:
-                    tars = sorted(glob.glob(os.path.join(folder, "*.tar")))
-                    if not tars:
-                        raise FileNotFoundError(f"{folder}: no manifest.json and no *.tar")
-                    refs.extend(ShardRef(t, os.path.basename(t), count_samples(t)) for t in tars)
-            else:
-                refs.append(ShardRef(url, url.rsplit("/", 1)[-1], count_samples(url)))
-    if not refs:
-        raise ValueError(f"no shards in {list(sources)!r}")
-    seen: set[str] = set()
-    for r in refs:
-        if r.url in seen:
-            raise ValueError(f"shard {r.url} is listed twice")
-        seen.add(r.url)
-    return refs
-
-
-# ----------------------------------------------------------------------------- epoch plan
-@dataclass(frozen=True)
-class Segment:
-    """Samples ``[start, stop)`` of one shard, read in order; ``pos`` is the first epoch position."""
-
-    shard: ShardRef
-    start: int
-    stop: int
-    pos: int
-
-
-def shard_order(shards: Sequence[ShardRef], seed: int, epoch: int, shuffle: bool) -> list[ShardRef]:
-    """This epoch's shard order: a seeded permutation (string seeds hash with sha512, stably)."""
-    order = list(shards)
-    if shuffle:
-        random.Random(f"crop-shards/{seed}/{epoch}").shuffle(order)
-    return order
-
-
-def epoch_length(total: int, world_size: int, uneven: str) -> int:
-    """Padded (``pad``) or trimmed (``drop``) epoch length, a multiple of ``world_size``."""
-    if uneven == "pad":
-        return math.ceil(total / world_size) * world_size
-    return (total // world_size) * world_size
-
-
-def split_sizes(n: int, parts: int, batch_size: int = 1) -> list[int]:
-    """Split ``n`` samples into ``parts`` contiguous runs of whole batches.
-
-    ``nb = n // batch_size`` full batches go ``nb // parts`` to every part and one more to the first
-    ``nb % parts``; the partial batch (``n % batch_size``) goes to part ``nb % parts``, which is the
-    next in the DataLoader's round robin, so the partial batch is delivered last.
-    """
-    nb, rest = divmod(n, batch_size)
-    sizes = [(nb // parts + (i < nb % parts)) * batch_size for i in range(parts)]
-    sizes[nb % parts] += rest
-    return sizes
-
-
-def stream_span(total: int, world_size: int, rank: int, num_workers: int, worker: int,
-                uneven: str = "pad", batch_size: int = 1) -> tuple[int, int]:
-    """Epoch positions ``[lo, hi)`` read by (rank, worker)."""
-    per_rank = epoch_length(total, world_size, uneven) // world_size
-    sizes = split_sizes(per_rank, num_workers, batch_size)
-    lo = rank * per_rank + sum(sizes[:worker])
-    return lo, lo + sizes[worker]
-
-
-def segments(order: Sequence[ShardRef], lo: int, hi: int) -> list[Segment]:
-    """Cut positions ``[lo, hi)`` of the epoch sequence into per-shard segments.
-
-    Positions ``>= total`` (padding) wrap around to the start of the same order.
-    """
-    total = sum(s.samples for s in order)
-    out: list[Segment] = []
-    pos = lo
-    while pos < hi:
-        p, first = pos % total, 0
-        for shard in order:
-            if p < first + shard.samples:
-                take = min(first + shard.samples - p, hi - pos)
-                out.append(Segment(shard, p - first, p - first + take, pos))
-                pos += take
-                break
-            first += shard.samples
-    return out
-
-
-def worker_progress(batches_seen: int, worker: int, num_workers: int, size: int,
-                    batch_size: int) -> int:
-    """Samples of ``worker``'s run already consumed after ``batches_seen`` rank-level batches.
-
-    The in-order DataLoader delivers batch t from worker ``t % W`` (its batch ``t // W``).
-    """
-    mine = batches_seen // num_workers + (worker < batches_seen % num_workers)
-    return min(mine * batch_size, size)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -425,83 +219,106 @@ class ShardStream(IterableDataset):
                                    self.config.batch_size)
         if info is None:
             self._yielded = done
-        policy = ErrorPolicy(self.config.on_error, self.counters)
-        samples = self._iter_span(lo, hi, done, policy)
-        if info is None:
-            for sample in samples:
-                self._yielded += 1
-                yield sample
-        else:
-            yield from samples
+        yield from self._iter_span(lo, hi, done, ErrorPolicy(self.config.on_error, self.counters),
+                                   count=info is None)
         if any(k not in INFO_KINDS for k in self.counters.counts):
             log.warning("rank %d worker %d epoch %d: skipped/filled %s", self.rank, worker,
                         self.epoch, self.counters.as_dict())
 
-    def _iter_span(self, lo: int, hi: int, done: int, policy: ErrorPolicy) -> Iterator[dict]:
+    def _planned(self, lo: int, hi: int, done: int,
+                 policy: ErrorPolicy) -> Iterator[tuple[int, str, int, RawSample | None]]:
+        """The span's ``(pos, shard, index, raw)`` items in this epoch's order, from ``lo + done``.
+
+        With shuffling, blocks of ``shuffle_buffer`` items are read into a list and permuted; the
+        already-consumed head of the first block is dropped *after* the permutation (that is what
+        makes the resumed order exact). Without, items pass straight through: each image is then
+        decoded right after it was read, while its bytes are still in cache.
+        """
         cfg = self.config
-        if lo + done >= hi:
-            return
         order = shard_order(self.shards, cfg.seed, self.epoch, cfg.shuffle)
-        start = lo + self._block_start(done)
+        start = lo + self._block_start(done)          # == lo + done without shuffling
+        items = _read_positions(segments(order, start, hi), policy)
+        if not cfg.shuffle:
+            yield from items
+            return
         skip = lo + done - start                      # samples of the first block already consumed
-        items = _read_positions(segments(order, start, hi), self.total, policy)
-        block = cfg.shuffle_buffer if cfg.shuffle else 1
-        last_good: dict | None = None
-        owed = 0
-        finish = self._finish
+        block = cfg.shuffle_buffer
         for b_start in range(start, hi, block):
             chunk = list(islice(items, min(block, hi - b_start)))   # [(pos, shard, idx, raw|None)]
-            if cfg.shuffle:
-                random.Random(f"crop-block/{cfg.seed}/{self.epoch}/{b_start}").shuffle(chunk)
-            for item in chunk[skip:] if skip else chunk:
-                sample = finish(item, policy)
-                if sample is None:
-                    if not cfg.fill_failures:
-                        continue
-                    if last_good is None:
-                        owed += 1
-                        continue
-                    policy.counters.bump("filled", f"{item[1]}:{item[2]}")
-                    sample = {**last_good, "__pad__": True}
-                last_good = sample
-                yield sample
-                for _ in range(owed):
-                    policy.counters.bump("filled", sample["__shard__"])
-                    yield {**sample, "__pad__": True}
-                owed = 0
+            random.Random(f"crop-block/{cfg.seed}/{self.epoch}/{b_start}").shuffle(chunk)
+            yield from chunk[skip:] if skip else chunk
             skip = 0
+
+    def _iter_span(self, lo: int, hi: int, done: int, policy: ErrorPolicy,
+                   count: bool = False) -> Iterator[dict]:
+        """Finished samples of the span; failures are filled by repeats (see module doc)."""
+        if lo + done >= hi:
+            return
+        fill = self.config.fill_failures
+        finish = self._finish
+        last_ok = None  # the last item that finished: re-finished (rarely) to fill a failure;
+        owed = 0        # holding its finished sample would keep a decoded image alive, which
+        #                 makes the allocator hand the next decode cold memory (~10% slower)
+        for item in self._planned(lo, hi, done, policy):
+            sample = finish(item, policy)
+            if sample is None:
+                if not fill:
+                    continue
+                if last_ok is None:
+                    owed += 1
+                    continue
+                policy.counters.bump("filled", f"{item[1]}:{item[2]}")
+                sample = finish(last_ok, policy)      # deterministic: it finished before
+                sample["__pad__"] = True
+            else:
+                last_ok = item
+            if count:
+                self._yielded += 1
+            yield sample
+            for _ in range(owed):
+                policy.counters.bump("filled", sample["__shard__"])
+                if count:
+                    self._yielded += 1
+                yield {**sample, "__pad__": True}
+            owed, sample = 0, None  # drop our reference before the next decode (see last_ok)
         if owed:
             raise ShardReadError(f"rank {self.rank}: positions [{lo}, {hi}) hold no readable "
                                  f"sample, so the equal-length promise cannot be kept")
 
-    def _finish(self, item, policy: ErrorPolicy) -> dict | None:
+    def _finish(self, item: tuple, policy: ErrorPolicy) -> dict | None:
+        """JSON-decode (and with ``decode``, image-decode) one read item; None if it failed.
+
+        Images are decoded here, after the shuffle buffer, so the buffer holds compressed bytes
+        and samples skipped on resume are never decoded.
+        """
         pos, shard, index, raw = item
         if raw is None:
             return None
+        key = raw.key
         try:
-            record = decode_json(raw.json_bytes, f"{shard}:{raw.key}.json")
-            if record.get("key", raw.key) != raw.key:
+            record = decode_json(raw.json_bytes, f"{shard}:{key}.json")
+            if record.get("key", key) != key:
                 raise ValueError(f"record key {record.get('key')!r} != member key")
         except ValueError as e:
-            policy.report("bad_json", f"{shard}:{raw.key}", e)
+            policy.report("bad_json", f"{shard}:{key}", e)
             return None
         image = None
         if self.config.decode and raw.image_bytes is not None:
             try:
                 image = decode_image(raw.image_bytes, self.config.max_image_pixels,
-                                     f"{shard}:{raw.key}.{raw.image_ext}")
+                                     f"{shard}:{key}.{raw.image_ext}")
             except ImageTooLargeError as e:
-                policy.report("image_too_large", f"{shard}:{raw.key}", e)
+                policy.report("image_too_large", f"{shard}:{key}", e)
                 return None
             except Exception as e:  # noqa: BLE001 - untrusted bytes: any plugin error is "bad"
-                policy.report("bad_image", f"{shard}:{raw.key}", e)
+                policy.report("bad_image", f"{shard}:{key}", e)
                 return None
-        return {"__key__": raw.key, "json": record, "image": image, "image_bytes": raw.image_bytes,
-                "image_ext": raw.image_ext, "__shard__": shard, "__index__": raw.index,
+        return {"__key__": key, "json": record, "image": image, "image_bytes": raw.image_bytes,
+                "image_ext": raw.image_ext, "__shard__": shard, "__index__": index,
                 "__pad__": pos >= self.total}
 
 
-def _read_positions(segs: Sequence[Segment], total: int,
+def _read_positions(segs: Sequence[Segment],
                     policy: ErrorPolicy) -> Iterator[tuple[int, str, int, RawSample | None]]:
     """Exactly one ``(pos, shard_name, index, raw or None)`` per planned position, in order.
 
@@ -509,14 +326,14 @@ def _read_positions(segs: Sequence[Segment], total: int,
     shard, or the rest of a shard after a tar-level error or an early end.
     """
     for seg in segs:
-        name, expected = seg.shard.name, seg.start
+        name, expected, base = seg.shard.name, seg.start, seg.pos - seg.start
         try:
             with open_url(seg.shard.url) as f:
                 for raw in iter_shard_samples(f, name, policy, seg.start, seg.stop):
                     while expected < raw.index:
-                        yield seg.pos + expected - seg.start, name, expected, None
+                        yield base + expected, name, expected, None
                         expected += 1
-                    yield seg.pos + expected - seg.start, name, expected, raw
+                    yield base + expected, name, expected, raw
                     expected += 1
             if expected < seg.stop:
                 policy.report("short_shard", seg.shard.url,
@@ -526,4 +343,4 @@ def _read_positions(segs: Sequence[Segment], total: int,
         except Exception as e:  # tarfile.ReadError, OSError, EOFError, remote errors
             policy.report("corrupt_shard", seg.shard.url, repr(e))
         for index in range(expected, seg.stop):
-            yield seg.pos + index - seg.start, name, index, None
+            yield base + index, name, index, None

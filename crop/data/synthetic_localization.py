@@ -45,6 +45,7 @@ class SyntheticSpec:
     min_side: int = 16
     max_side: int = 40
     grid: int = 8
+    background: str = "noise"  # "noise": noisy grey; "plain": one flat grey per image
 
     def __post_init__(self) -> None:
         if self.objects < 1 or self.objects > len(COLOURS):
@@ -52,6 +53,8 @@ class SyntheticSpec:
         if not 4 <= self.min_side <= self.max_side <= self.size // 2:
             raise ValueError(f"need 4 <= min_side <= max_side <= size/2, got "
                              f"{self.min_side}, {self.max_side}, size {self.size}")
+        if self.background not in ("noise", "plain"):
+            raise ValueError(f"background must be 'noise' or 'plain', got {self.background!r}")
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 2) -> bool:
@@ -78,8 +81,10 @@ def make_sample(rng: random.Random, index: int, spec: SyntheticSpec = SyntheticS
     base = rng.randint(110, 170)
     img = Image.new("RGB", (s, s), (base, base, base))
     # noise from the seeded rng (PIL's effect_noise is not seedable, which broke reproducibility)
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(128, 12, (s, s, 1)).clip(0, 255)
-    img = Image.blend(img, Image.fromarray(np.repeat(noise, 3, axis=2).astype(np.uint8)), 0.15)
+    noise_seed = rng.getrandbits(32)  # drawn for both backgrounds: the rest of the stream stays aligned
+    if spec.background == "noise":
+        noise = np.random.default_rng(noise_seed).normal(128, 12, (s, s, 1)).clip(0, 255)
+        img = Image.blend(img, Image.fromarray(np.repeat(noise, 3, axis=2).astype(np.uint8)), 0.15)
     draw = ImageDraw.Draw(img)
     colours = rng.sample(sorted(COLOURS), spec.objects)
     placed: list[tuple[str, str, tuple[int, int, int, int]]] = []

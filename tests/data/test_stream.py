@@ -137,9 +137,10 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(shared_folder):
     assert plain != first
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("consumed", [0, 1, 3, 5, 7])
-def test_resume_in_process_yields_exactly_the_remaining_samples(shared_folder, consumed):
-    cfg = dict(seed=2, shuffle_buffer=3, batch_size=2, rank=0, world_size=1)
+def test_resume_in_process_yields_exactly_the_remaining_samples(shared_folder, consumed, shuffle):
+    cfg = dict(seed=2, shuffle_buffer=3, batch_size=2, rank=0, world_size=1, shuffle=shuffle)
     reference = ShardStream(shared_folder, **cfg)
     reference.set_epoch(4)
     full = keys(reference.loader(num_workers=0))
