@@ -85,7 +85,7 @@ def iter_viscot(path: str, image_root: str, grid: int = 8) -> Iterator[dict]:
 
 def iter_shard_regions(specs: Sequence[str]) -> Iterator[dict]:
     """Region samples (with image) of shards -> ``{key, question, image, gt}``."""
-    from crop.train.localizer import iter_shard_samples
+    from crop.train.localizer_stream import iter_shard_samples
 
     for s in iter_shard_samples(specs):
         rec = s["json"]
@@ -125,6 +125,45 @@ def evaluate(localizer, samples: Iterator[dict], output_dir: str, batch_size: in
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     return metrics
+
+
+def answer_token_losses(localizer, samples: Sequence[dict], batch_size: int = 32) -> list[float]:
+    """Teacher-forced cross-entropy per answer position (mean over samples), for region samples.
+
+    Position k is the k-th labelled token of the answer: for ``"x0 y0 x1 y1."`` + ``<|im_end|>``
+    the first four are the coordinates and the rest the format tokens, so a trainer that only
+    learned the format shows falling losses at the end and flat ones at the start.
+    """
+    import torch
+
+    from crop.models.localizer_data import IGNORE_INDEX, LocalizerCollator
+
+    collate = LocalizerCollator(localizer.encoder)
+    model = localizer.model
+    device = next(model.parameters()).device
+    sums: list[float] = []
+    counts: list[int] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(samples[start:start + batch_size]).items()}
+            labels = batch.pop("labels")  # (B, L)
+            logits = model(**batch).logits.float()  # (B, L, V)
+            # token t is predicted from position t - 1
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX,
+                reduction="none")  # (B, L - 1)
+            for b in range(labels.shape[0]):
+                answer = ce[b][labels[b, 1:] != IGNORE_INDEX].tolist()
+                for k, v in enumerate(answer):
+                    if k == len(sums):
+                        sums.append(0.0)
+                        counts.append(0)
+                    sums[k] += v
+                    counts[k] += 1
+    model.train(was_training)
+    return [s / c for s, c in zip(sums, counts)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

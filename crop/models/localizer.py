@@ -153,6 +153,31 @@ class TinySpec:
     vocab_size: int = 400
     image_size: int = 112
     seed: int = 0
+    # M-RoPE: the rotary half-dim is split into (t, h, w) frequency bands, highest frequencies
+    # first. With a tiny head_dim (32 -> 16 frequencies) and the usual theta 1e4, the h band
+    # rotates < 0.3 rad and the w band < 0.02 rad across 8 rows/columns, so the LLM barely sees
+    # where an image token sits. A small theta and wider h/w bands give it absolute-position
+    # signal (see docs/localizer.md); None keeps the default split and theta.
+    rope_theta: float = 10000.0
+    mrope_section: tuple | None = None
+
+    def __post_init__(self) -> None:
+        half = self.hidden // self.heads // 2
+        if self.mrope_section is not None:
+            sec = tuple(int(x) for x in self.mrope_section)
+            if len(sec) != 3 or sum(sec) != half or min(sec) < 0:
+                raise ValueError(f"mrope_section must be 3 non-negative ints summing to head_dim/2 = {half}, "
+                                 f"got {self.mrope_section}")
+            object.__setattr__(self, "mrope_section", sec)
+        if self.rope_theta <= 1:
+            raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
+
+    def mrope(self) -> list[int]:
+        """(t, h, w) sizes of the rotary half-dim bands."""
+        if self.mrope_section is not None:
+            return list(self.mrope_section)
+        half = self.hidden // self.heads // 2
+        return [half - 2 * (half // 3), half // 3, half // 3]
 
 
 def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 400):
@@ -190,15 +215,13 @@ def build_tiny_localizer(spec: TinySpec = TinySpec(), **kwargs: Any) -> Localize
 
     tok = build_tiny_tokenizer(tiny_corpus(), spec.vocab_size)
     ids = tok.convert_tokens_to_ids
-    head_dim = spec.hidden // spec.heads
-    half = head_dim // 2  # M-RoPE splits the rotary half-dim into (t, h, w) sections
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    mrope = spec.mrope()  # M-RoPE splits the rotary half-dim into (t, h, w) sections
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
             num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
             num_key_value_heads=spec.kv_heads, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            rope_parameters={"rope_type": "default", "rope_theta": float(spec.rope_theta), "mrope_section": mrope},
             bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(IM_END), pad_token_id=tok.pad_token_id),
         vision_config=dict(depth=spec.vision_depth, embed_dim=spec.vision_dim, hidden_size=spec.hidden,
                            num_heads=spec.vision_heads, mlp_ratio=2, patch_size=14,

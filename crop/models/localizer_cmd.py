@@ -47,7 +47,7 @@ def iter_inputs(inputs: list[str], image_root: str) -> Iterator[dict]:
     if len(inputs) == 1 and inputs[0].endswith(".jsonl"):
         yield from iter_jsonl_questions(inputs[0], image_root)
         return
-    from crop.train.localizer import iter_shard_samples
+    from crop.train.localizer_stream import iter_shard_samples
 
     for s in iter_shard_samples(inputs):
         rec = s["json"]

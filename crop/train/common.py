@@ -62,11 +62,29 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (inner, *_) = typing.get_args(tp) or (Any,)
         return origin(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        return _as_float(value, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is not int or not isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _as_float(value: Any, where: str) -> float:
+    """A number, or a string YAML 1.1 left unparsed (``1e-5`` has no dot); anything else raises."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            return number
+    raise ConfigError(f"{where}: expected float, got {value!r}")
 
 
 def from_dict(cls, data: dict, where: str = "config"):

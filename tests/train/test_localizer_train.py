@@ -166,3 +166,19 @@ def test_synthetic_set_is_reproducible_and_splits_do_not_share_keys():
     assert all(np.array_equal(np.asarray(x["image"]), np.asarray(y["image"])) for x, y in zip(a, b))
     held = synthetic_samples(3, seed=1, split="heldout")
     assert not {s["__key__"] for s in a} & {s["__key__"] for s in held}
+
+
+def test_plain_background_changes_pixels_only():
+    from crop.data.synthetic_localization import SyntheticSpec, synthetic_samples
+
+    kw = dict(size=224, objects=1, min_side=56, max_side=112)
+    plain = synthetic_samples(4, seed=2, spec=SyntheticSpec(background="plain", **kw))
+    noisy = synthetic_samples(4, seed=2, spec=SyntheticSpec(**kw))
+    assert [s["json"] for s in plain] == [s["json"] for s in noisy]  # same boxes, questions, targets
+    for p, n in zip(plain, noisy):
+        assert len(p["image"].getcolors()) == 2  # one grey + the object's colour
+        assert len(n["image"].getcolors(1 << 16)) > 10
+        x0, y0, x1, y1 = p["json"]["region_blocks"]
+        assert 2 <= x1 - x0 + 1 <= 5 and 2 <= y1 - y0 + 1 <= 5  # 56-112 px = 2-4 blocks of 28 px (+1 unaligned)
+    with pytest.raises(ValueError, match="background must be"):
+        SyntheticSpec(background="stripes")
