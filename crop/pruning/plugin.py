@@ -15,17 +15,21 @@ gathered, not recomputed. During decode the model sizes its 4-D mask against lay
 tokens come from layer 0's cache length, i.e. they continue the original numbering.
 
 Supported: ``DynamicCache`` (or no cache), ``sdpa`` and ``eager`` attention. Rows of a batch may
-drop different positions but must keep the same number of tokens.
+drop different positions and keep different numbers of tokens: shorter rows are left-padded to
+the longest and the padding slots masked (see :mod:`crop.pruning.gather`); ``model(...)`` then
+returns left-padded logits ``(B, M, V)``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
+from crop.pruning.gather import decode_mask, gather_mask, gather_seq, keep_index, keep_slots, prefill_mask
 from crop.pruning.region_map import KeepPlan
+
+__all__ = ["PruneHandle", "attach_ilp", "check_supported", "decoder_layers", "gather_mask", "gather_seq", "keep_index"]
 
 SUPPORTED_ATTN = ("sdpa", "eager")
 
@@ -90,56 +94,7 @@ def _check_runtime(cache: Any) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- pure gathers
-def keep_index(plan: KeepPlan, batch: int, seq_len: int, device) -> torch.Tensor:
-    """(B, N_keep) sorted kept positions for a sequence of ``seq_len`` (>= the prompt length).
-
-    A plan with fewer rows than the batch is repeated row-wise (``generate`` expands beams and
-    ``num_return_sequences`` with ``repeat_interleave``).
-    """
-    if seq_len < plan.prompt_len:
-        raise ValueError(f"sequence of {seq_len} tokens is shorter than the plan's prompt ({plan.prompt_len})")
-    if batch % plan.batch_size:
-        raise ValueError(f"batch of {batch} rows does not match a keep plan for {plan.batch_size} rows")
-    rep = batch // plan.batch_size
-    rows = []
-    for b in range(batch):
-        keep = np.ones(seq_len, dtype=bool)
-        keep[plan.drop[b // rep]] = False
-        rows.append(np.flatnonzero(keep))
-    counts = sorted({r.size for r in rows})
-    if len(counts) > 1:
-        raise ValueError(
-            f"batch rows keep different numbers of tokens {counts}; ILP needs equal counts per row "
-            "(use the same region size / a token budget, or run those rows separately)"
-        )
-    return torch.as_tensor(np.stack(rows), dtype=torch.long, device=device)  # (B, N_keep)
-
-
-def gather_seq(x: torch.Tensor | None, idx: torch.Tensor, dim: int = 1) -> torch.Tensor | None:
-    """Gather positions ``idx`` (B, M) along ``dim`` of x (Bx, ..., N, ...); Bx may be 1."""
-    if x is None:
-        return None
-    batch = idx.shape[0]
-    if x.shape[0] != batch:
-        x = x.expand(batch, *x.shape[1:])
-    shape = [1] * x.dim()
-    shape[0], shape[dim] = batch, idx.shape[1]
-    index = idx.view(shape).expand(*[s if i != dim else idx.shape[1] for i, s in enumerate(x.shape)])
-    return x.gather(dim, index)
-
-
-def gather_mask(mask: torch.Tensor | None, rows: torch.Tensor | None, cols: torch.Tensor) -> torch.Tensor | None:
-    """4-D mask (B, 1, Q, KV) -> rows ``rows`` (B, Q') (None = all) and columns ``cols`` (B, KV')."""
-    if mask is None:
-        return None
-    if mask.dim() != 4:
-        raise RuntimeError(f"expected a 4-D attention mask, got shape {tuple(mask.shape)}")
-    if rows is not None:
-        mask = gather_seq(mask, rows, dim=2)  # (B, 1, Q', KV)
-    return gather_seq(mask, cols, dim=3)  # (B, 1, Q', KV')
-
-
+# ----------------------------------------------------------------------------- position gathers
 def _gather_positions(kwargs: dict, idx: torch.Tensor, seq_len: int) -> dict:
     out = {}
     pe = kwargs.get("position_embeddings")
@@ -169,7 +124,8 @@ class PruneHandle:
         self.plan = plan
         _, self._layers = decoder_layers(model)
         self._hooks: list = []
-        self._keep_idx: torch.Tensor | None = None  # (B, N_keep) kept prefill positions
+        self._keep_idx: torch.Tensor | None = None  # (B, M) kept prefill positions, left-padded
+        self._pad: torch.Tensor | None = None  # (B, M) padding slots (rows keeping < M tokens)
         self._prefill_len = 0
         self._layer_kwargs: dict = {}
         self._hooks.append(self._layers[layer].register_forward_pre_hook(self._pre_first, with_kwargs=True))
@@ -189,26 +145,22 @@ class PruneHandle:
     def _pre_first(self, module, args, kwargs):
         cache = kwargs.get("past_key_values")
         _check_runtime(cache)
-        _check_attn(self.model)
         h = args[0] if args else kwargs["hidden_states"]
         batch, seq_len = h.shape[:2]
         mask = kwargs.get("attention_mask")
         prefill = cache is None or cache.get_seq_length(self.layer) == 0
         if prefill:
-            idx = keep_index(self._plan_for_prefill(), batch, seq_len, h.device)  # (B, N_keep)
-            self._keep_idx, self._prefill_len = idx, seq_len
+            _check_attn(self.model)  # once per prefill, not per decode step (config lookup ~25 us)
+            idx, pad = keep_slots(self._plan_for_prefill(), batch, seq_len, h.device)  # (B, M), (B, M) | None
+            self._keep_idx, self._pad, self._prefill_len = idx, pad, seq_len
             new = _gather_positions(kwargs, idx, seq_len)
-            new["attention_mask"] = gather_mask(mask, idx, idx)
-            h = gather_seq(h, idx, dim=1)  # (B, N, D) -> (B, N_keep, D)
+            new["attention_mask"] = prefill_mask(mask, idx, pad)  # (B, 1, M, M) or None
+            h = gather_seq(h, idx, dim=1)  # (B, N, D) -> (B, M, D)
         else:
             if self._keep_idx is None or self._keep_idx.shape[0] != batch:
                 raise RuntimeError("decode step reached layer K without a matching pruned prefill")
-            new = {}
-            if mask is not None:
-                kv_full = mask.shape[-1]  # layer-0 length: full past + new tokens
-                tail = torch.arange(self._prefill_len, kv_full, device=h.device).expand(batch, -1)
-                cols = torch.cat([self._keep_idx, tail], dim=1)  # (B, KV_kept)
-                new["attention_mask"] = gather_mask(mask, None, cols)
+            kv_kept = cache.get_seq_length(self.layer) + seq_len  # this layer's cache after the step
+            new = {"attention_mask": decode_mask(mask, self._keep_idx, self._pad, self._prefill_len, kv_kept, seq_len)}
         self._layer_kwargs = new
         kwargs.update(new)
         if args:
@@ -225,7 +177,7 @@ class PruneHandle:
         for hk in self._hooks:
             hk.remove()
         self._hooks.clear()
-        self._keep_idx, self._layer_kwargs = None, {}
+        self._keep_idx, self._pad, self._layer_kwargs = None, None, {}
 
     def __enter__(self) -> "PruneHandle":
         return self

@@ -6,7 +6,10 @@ are removed. The returned inputs go to ``model(**out)`` or ``model.generate(**ou
 
 Positions: the language model numbers the shorter sequence contiguously, as if the image had
 produced fewer tokens. For Qwen2-VL the original M-RoPE ids of the kept tokens are returned as
-``position_ids`` (3, B, N_keep) for forward calls; generation with them is not supported.
+``position_ids`` (3, B, N_keep); ``generate`` (transformers 5) extends them by ``last + 1`` on all
+three axes per new token, which is how the unpruned model numbers text after the image, so
+``model.generate(**prune_inputs(...))`` works for Qwen2-VL too (tested against a hand loop).
+All rows must keep the same number of tokens here (``ValueError`` otherwise).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Tiny random LLaVA saved to disk and tiny generated benchmark files for the runner tests."""
+"""Tiny random LLaVA / LLaVA-NeXT / Qwen2-VL saved to disk and tiny generated benchmark files.
+
+The models come from the real ``transformers`` config classes with random weights; tokenizers are
+byte-level (256 byte symbols + the family's special tokens) and built here, so nothing is
+downloaded. Each is written with ``save_pretrained`` and loaded back by the runner.
+"""
 
 import json
 
@@ -7,19 +12,25 @@ import pytest
 SUFFIX = "Answer the question using a single word or phrase."
 
 
-def build_tiny_llava(path):
-    """LlavaConfig(tiny CLIP + tiny Llama) + a byte-level tokenizer built here; save_pretrained."""
-    import torch
+def byte_tokenizer(specials, **tokens):
+    """256 byte symbols + ``specials`` (added special tokens); ``tokens``: bos/eos/pad names."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     core = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  extra_special_tokens=["<image>"])
+    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=list(specials), **tokens)
+
+
+def build_tiny_llava(path):
+    """LlavaConfig(tiny CLIP + tiny Llama) + a byte-level tokenizer built here; save_pretrained."""
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tok = byte_tokenizer(["<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     image_token_id = tok.convert_tokens_to_ids("<image>")
     torch.manual_seed(0)
     cfg = LlavaConfig(
@@ -37,6 +48,80 @@ def build_tiny_llava(path):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+NEXT_PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+
+
+def build_tiny_llava_next(path):
+    """LlavaNextConfig (16 px CLIP tiles, 4 px patches, pinpoints up to 32x32) + LlavaNextProcessor."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+
+    tok = byte_tokenizer(["<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(0)
+    cfg = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=16, patch_size=4),
+        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=4, vocab_size=len(tok), max_position_embeddings=1024,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_select_strategy="default")
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                                 image_grid_pinpoints=NEXT_PINPOINTS)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=4,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+QWEN_PIXELS = (56 * 56, 112 * 112)  # min/max pixels: 4..16 merged tokens per image, varying with size
+
+
+def build_tiny_qwen2vl(path):
+    """Qwen2VLConfig (1-block vision tower, 14 px patches, merge 2) + tokenizer with a Qwen chat
+    template + Qwen2VLImageProcessorPil; no processor file (the runner needs none)."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from crop.models.localizer import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    tok = byte_tokenizer(SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHAT_TEMPLATE
+    ids = tok.convert_tokens_to_ids
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    Qwen2VLImageProcessorPil(min_pixels=QWEN_PIXELS[0], max_pixels=QWEN_PIXELS[1]).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory):
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"))
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +142,7 @@ def tiny_benchmarks(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     img = root / "images"
     img.mkdir()
-    for i, (w, h) in enumerate([(40, 24), (24, 40), (32, 32), (50, 30)]):
+    for i, (w, h) in enumerate([(160, 96), (48, 80), (128, 128), (200, 120)]):  # Qwen2-VL: 15, 6, 16, 15 tokens
         Image.new("RGB", (w, h), (40 * i, 100, 200 - 40 * i)).save(img / f"im{i}.jpg")
     b = {}
     # GQA

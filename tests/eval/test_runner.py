@@ -71,6 +71,12 @@ def test_resume_with_other_method_is_refused(tiny_llava_dir, tiny_benchmarks, tm
     ({"benchmarks": [{"name": "mmmu", "question_file": "q"}]}, r"benchmarks\[0\].name must be one of"),
     ({"benchmarks": [{"name": "gqa"}]}, r"benchmarks\[0\]: missing required field\(s\) \['question_file'\]"),
     ({"bogus": 1}, r"unknown field\(s\) \['bogus'\]"),
+    ({"method": {"name": "fastv", "budget": 1.5}}, r"fractional budget must lie in \(0, 1\)"),
+    ({"method": {"name": "fastv", "budget": "150%"}}, "strictly between 0% and 100%"),
+    ({"method": {"name": "fastv", "budget": "half"}}, "percentage like '33.3%'"),
+    ({"method": {"name": "fastv", "budget": True}}, "method.budget must be a number"),
+    ({"model": {"path": "m", "family": "llava", "max_pixels": 100}}, "apply to family qwen2_vl only"),
+    ({"model": {"path": "m", "family": "qwen2_vl", "prompt_style": "vicuna_v1"}}, "not available for qwen2_vl"),
 ])
 def test_config_errors_name_the_field(patch, message):
     base = {"model": {"path": "m"}, "benchmarks": [{"name": "gqa", "question_file": "q"}]}
@@ -82,4 +88,40 @@ def test_config_errors_name_the_field(patch, message):
 def test_shipped_eval_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg.benchmarks and cfg.label and cfg.output_dir
-    assert {b.name for b in cfg.benchmarks} == {"gqa", "mme", "textvqa", "scienceqa", "vqav2", "pope"}
+    six = {"gqa", "mme", "textvqa", "scienceqa", "vqav2", "pope"}
+    # Table 7 (Qwen2-VL) has no VQAv2 column and budgets are shares of each image's tokens
+    assert {b.name for b in cfg.benchmarks} == (six - {"vqav2"} if cfg.model.family == "qwen2_vl" else six)
+    if cfg.model.family == "qwen2_vl":
+        assert isinstance(cfg.method.budget, float) and 0 < cfg.method.budget < 1
+
+
+@pytest.mark.parametrize("given, stored, label", [
+    (64, 64, "m/fastv-R64"), ("64", 64, "m/fastv-R64"), (64.0, 64, "m/fastv-R64"), (0.5, 0.5, "m/fastv-R50%"),
+    ("33.3%", 0.333, "m/fastv-R33.3%"), ("22.2%", 0.222, "m/fastv-R22.2%"), (0, 0, "m/fastv-R0"),
+])
+def test_budget_as_count_fraction_or_percentage(given, stored, label):
+    cfg = EvalConfig.from_dict({"model": {"path": "m"}, "method": {"name": "fastv", "budget": given},
+                                "benchmarks": [{"name": "gqa", "question_file": "q"}]})
+    assert cfg.method.budget == pytest.approx(stored) and type(cfg.method.budget) is type(stored)
+    assert cfg.label == label
+    again = EvalConfig.from_dict(cfg.to_dict())              # config.yaml round trip keeps the budget
+    assert again.method == cfg.method
+
+
+def test_cli_overrides_rederive_default_labels_only():
+    import argparse
+
+    from crop.eval.runner import add_arguments, apply_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = {"model": {"path": "m"}, "method": {"name": "fastv", "budget": 64},
+            "benchmarks": [{"name": "gqa", "question_file": "q"}, {"name": "pope", "question_file": "p"}]}
+    args = parser.parse_args(["--config", "x", "--budget", "33.3%", "--benchmarks", "pope", "--limit", "5"])
+    cfg = apply_overrides(EvalConfig.from_dict(base), args)
+    assert cfg.method.budget == pytest.approx(0.333) and cfg.label == "m/fastv-R33.3%"
+    assert [(b.name, b.limit) for b in cfg.benchmarks] == [("pope", 5)]
+    named = apply_overrides(EvalConfig.from_dict({**base, "label": "FastV"}), args)
+    assert named.label == "FastV"                            # an explicit label is kept
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", "x", "--budget", "lots"])

@@ -56,3 +56,66 @@ def test_score_cli(tmp_path, capsys):
     assert main(["score", "vqav2", str(tmp_path / "a.jsonl"), "--test-split-file", str(tmp_path / "t.jsonl"),
                  "--submission", str(tmp_path / "up.json")]) == 0
     assert json.loads((tmp_path / "up.json").read_text()) == [{"question_id": 5, "answer": ""}]
+
+
+def _model_run(tmp_path, name, model, label, section, values, budget=None):
+    d = tmp_path / name
+    d.mkdir()
+    summary = {"label": label, "model": model, "section": section, "budget": budget,
+               "benchmarks": {b: {"score": v} for b, v in zip(B6, values) if v is not None}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return str(d)
+
+
+def test_table2_side_by_side_7b_13b(tmp_path):
+    """Table 2's 192-token block: 7B and 13B column groups, RelAcc per model, rows matched by name."""
+    from crop.eval.tables import build_grouped, grouped_csv, grouped_markdown
+
+    up, r192 = "Upper Bound, 576 Tokens (100%)", "Retain Averaged 192 Tokens (↓ 66.7%)"
+    b7 = _model_run(tmp_path, "b7", "7B", "LLaVA-1.5", up, [61.9, 1862, 58.2, 69.5, 78.5, 85.9])
+    b13 = _model_run(tmp_path, "b13", "13B", "LLaVA-1.5", up, [63.2, 1818, 61.3, 72.8, 80.0, 85.9])
+    runs = [  # default-style labels "<model>/<name>" and plain labels both match across models
+        _model_run(tmp_path, "f7", "7B", "7B/FastV", r192, [56.5, 1786, 57.3, 69.5, 74.6, 79.2], 192),
+        _model_run(tmp_path, "c13", "13B", "CROP-ILP", r192, [62.7, 1822, 60.4, 74.2, 78.9, 86.2], 192),
+        _model_run(tmp_path, "f13", "13B", "13B/FastV", r192, [60.3, 1807, 60.4, 74.0, 77.7, 82.3], 192),
+        _model_run(tmp_path, "s13", "13B", "SparseVLM", r192, [58.7, 1768, 45.4, 73.1, None, 82.2], 192),
+        _model_run(tmp_path, "c7", "7B", "CROP-ILP", r192, [61.3, 1817, 57.4, 69.2, 77.7, 85.3], 192)]
+    table = build_grouped(runs + [b13], [b7, b13], B6)
+    assert table.models == ["7B", "13B"]
+    assert table.keys == [(up, "LLaVA-1.5"), (r192, "FastV"), (r192, "CROP-ILP"), (r192, "SparseVLM")]
+    printed = {("FastV", "7B"): 95.5, ("FastV", "13B"): 98.0, ("CROP-ILP", "7B"): 98.9,
+               ("CROP-ILP", "13B"): 99.8, ("SparseVLM", "13B"): 92.1}
+    for (name, model), value in printed.items():
+        assert abs(table.cells[(r192, name)][model].relacc - value) <= 0.1, (name, model)
+    assert "7B" not in table.cells[(r192, "SparseVLM")]
+    md = grouped_markdown(table, B6).splitlines()
+    assert md[0] == "| Method | 7B |  |  |  |  |  |  | 13B |  |  |  |  |  |  |"
+    assert md[2] == "| | GQA | MME | VQA^T | SQA^I | VQA^V2 | POPE | RelAcc | GQA | MME | VQA^T | SQA^I | VQA^V2 | POPE | RelAcc |"
+    assert md[4] == ("| LLaVA-1.5 | 61.9 | 1862 | 58.2 | 69.5 | 78.5 | 85.9 | 100.0% "
+                     "| 63.2 | 1818 | 61.3 | 72.8 | 80.0 | 85.9 | 100.0% |")
+    # (98.84% prints as 98.8%; the paper rounds 98.9%. 60.4 ties with FastV-13B: both bold)
+    assert md[7] == ("| CROP-ILP | **61.3** | **1817** | **57.4** | 69.2 | **77.7** | **85.3** | **98.8%** "
+                     "| **62.7** | **1822** | **60.4** | **74.2** | **78.9** | **86.2** | **99.8%** |")
+    assert md[8] == "| SparseVLM | - | - | - | - | - | - | - | 58.7 | 1768 | 45.4 | 73.1 | - | 82.2 | 92.1% |"
+    csv_lines = grouped_csv(table, B6).splitlines()
+    assert csv_lines[0].startswith("section,method,7B GQA,7B MME,") and csv_lines[0].endswith(",13B POPE,13B RelAcc")
+    assert len(csv_lines) == 5
+    # CLI: several baselines switch to the side-by-side layout
+    assert main(["table", *runs, "--baseline", b7, b13, "--md", str(tmp_path / "t.md"),
+                 "--csv", str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t.md").read_text().splitlines() == md
+    # a run whose model has no baseline, and two baselines of one model, are named errors
+    other = _model_run(tmp_path, "x", "34B", "FastV", r192, [1, 1, 1, 1, 1, 1], 192)
+    with pytest.raises(ValueError, match="model '34B' has no baseline"):
+        build_grouped([other], [b7, b13], B6)
+    with pytest.raises(ValueError, match="two baselines of the same model"):
+        build_grouped([], [b7, b7], B6)
+
+
+def test_fractional_budget_default_section(tmp_path):
+    from crop.eval.tables import load_row
+
+    d = tmp_path / "q"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"label": "x", "budget": 0.222, "benchmarks": {}}))
+    assert load_row(d).section == "Retain 22.2% Tokens"

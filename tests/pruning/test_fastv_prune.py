@@ -88,3 +88,38 @@ def test_prune_inputs_qwen_keeps_mrope_positions():
     out = prune_inputs(model, x, plan)
     keep = np.setdiff1d(np.arange(x["input_ids"].shape[1]), plan.drop[0])
     torch.testing.assert_close(out["position_ids"], got["position_ids"][:, :, keep])
+
+
+def test_prune_generation_qwen_continues_original_mrope_positions():
+    """'prune' + generate on Qwen2-VL: kept tokens keep their M-RoPE ids, new tokens continue them.
+
+    Reference: a hand-written greedy loop of uncached forwards with explicit positions
+    (each new token at last position + 1 on all three axes, as the unpruned model numbers text).
+    """
+    model = build_model("qwen2_vl", "sdpa")
+    x = build_inputs("qwen2_vl", batch=1)
+    plan = region_keep_plan(token_layout(model, x), [Region(4, 4, 7, 7)])
+    out = prune_inputs(model, x, plan)
+    stack, _ = decoder_layers(model)
+    seen = []
+    h = stack.register_forward_pre_hook(lambda m, a, k: seen.append(k["position_ids"].clone()), with_kwargs=True)
+    steps = 4
+    with torch.no_grad():
+        gen = model.generate(**out, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    h.remove()
+    last = int(out["position_ids"][0, 0, -1])
+    assert all(int(out["position_ids"][a, 0, -1]) == last for a in range(3))  # text: equal axes
+    torch.testing.assert_close(seen[0][-3:], out["position_ids"])  # prefill used the kept M-RoPE ids
+    for t, pid in enumerate(seen[1:], start=1):
+        assert pid[-3:].flatten().tolist() == [last + t] * 3
+    emb, pid = out["inputs_embeds"], out["position_ids"]  # (1, N, D), (3, 1, N)
+    toks = []
+    with torch.no_grad():
+        for t in range(steps):
+            logits = model(inputs_embeds=emb, position_ids=pid, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long)).logits[:, -1]
+            torch.testing.assert_close(gen.logits[t], logits, atol=1e-5, rtol=0)
+            tok = logits.argmax(-1)  # (1,)
+            toks.append(int(tok))
+            emb = torch.cat([emb, model.get_input_embeddings()(tok)[:, None]], 1)  # (1, N + 1, D)
+            pid = torch.cat([pid, pid[:, :, -1:] + 1], 2)  # (3, 1, N + 1)
+    assert gen.sequences[0].tolist() == toks

@@ -174,12 +174,45 @@ def test_left_padded_batch_matches_single_rows():
         assert torch.equal(gen[r, -4:], g1[0, -4:])
 
 
-def test_unequal_keep_counts_raise():
-    model = build_model("llava", "sdpa")
-    x = build_inputs("llava", batch=2)
-    plan = region_keep_plan(token_layout(model, x), [Region(0, 0, 3, 3), Region(0, 0, 7, 7)], llava_geometry="resize")
-    with attach_ilp(model, plan, layer=K), pytest.raises(ValueError, match="different numbers of tokens"):
-        model(**x)
+RAGGED = [Region(0, 0, 3, 3), Region(0, 0, 5, 5)]  # half vs three quarters per axis: unequal counts
+
+
+def _row(x, r):
+    """Row r of a batch of tiny inputs (Qwen2-VL pixel rows split evenly per image)."""
+    out = {k: v[r : r + 1] for k, v in x.items() if k != "pixel_values"}
+    pv = x["pixel_values"]
+    per = pv.shape[0] // x["input_ids"].shape[0] if "image_grid_thw" in x else 1
+    out["pixel_values"] = pv[r * per : (r + 1) * per]
+    return out
+
+
+@pytest.mark.parametrize("family,attn", [("llava", "sdpa"), ("llava", "eager"), ("qwen2_vl", "sdpa"), ("qwen2_vl", "eager")])
+def test_unequal_keep_counts_match_single_rows(family, attn):
+    """Rows keeping different numbers of tokens (left-padded gather + mask) equal their own runs."""
+    model = build_model(family, attn)
+    x = build_inputs(family, batch=2)
+    geo = dict(image_sizes_wh=[(16, 12)] * 2, llava_geometry="resize")
+    plan = region_keep_plan(token_layout(model, x), RAGGED, **geo)
+    assert plan.visual_kept[0] < plan.visual_kept[1] < plan.visual_total[1]
+    kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad(), attach_ilp(model, plan, layer=K):
+        both = model(**x).logits  # (2, M, V), row 0 left-padded
+        gen = model.generate(**x, **kw)
+        gen_u = model.generate(**x, use_cache=False, **kw)
+    n_keep = [x["input_ids"].shape[1] - len(d) for d in plan.drop]
+    assert both.shape[1] == max(n_keep) and torch.isfinite(both).all()
+    assert torch.equal(gen.sequences, gen_u.sequences)
+    for r in range(2):
+        xr = _row(x, r)
+        pr = region_keep_plan(token_layout(model, xr), RAGGED[r : r + 1], image_sizes_wh=[(16, 12)], llava_geometry="resize")
+        with torch.no_grad(), attach_ilp(model, pr, layer=K):
+            one = model(**xr).logits  # (1, n_keep[r], V)
+            g1 = model.generate(**xr, **kw)
+        assert one.shape[1] == n_keep[r]
+        torch.testing.assert_close(both[r : r + 1, -n_keep[r] :], one, atol=LOGIT_ATOL, rtol=0)
+        assert torch.equal(gen.sequences[r : r + 1], g1.sequences)
+        for a, b in zip(gen.logits, g1.logits):
+            torch.testing.assert_close(a[r : r + 1], b, atol=LOGIT_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,179 @@
+"""Method adapters for ``crop eval``: none, ILP (+ centre / random regions), prune, FastV, PLC.
+
+Every adapter has the signature ``(engine, inputs, ctx) -> (output_ids, info)``:
+
+* ``inputs``: the encoded prompt on the device (``input_ids (1, N)``, pixel inputs);
+* ``ctx``: ``key``, ``region`` (a ``Region`` of 8x8 blocks on the original image, or None),
+  ``size_wh`` (original image size), ``image`` (as the processor sees it), ``message``;
+* ``info``: ``visual_tokens_in`` / ``visual_tokens_kept`` for the efficiency table, plus
+  ``prompt_len`` when the output's prompt part differs from ``inputs`` and
+  ``output_has_prompt: False`` when ``generate`` returned new tokens only (embeds input), and
+  ``region_used`` when the pruned region is not the given one (Table 10's centre / random).
+
+The adapters are thin: the work is in :mod:`crop.pruning` and :mod:`crop.models.llava_plc`.
+Regions come from a JSONL file (ground truth, ``crop predict-regions`` output) or a localizer
+loaded in-process (:class:`RegionSource`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+from crop.eval.config import MethodConfig
+from crop.eval.scorers.common import read_jsonl
+
+if TYPE_CHECKING:
+    from crop.eval.engine import Engine
+
+
+def parse_region_value(value: Any, where: str) -> Any:
+    """A region from a regions-file value: [x0, y0, x1, y1], {"x_min": ...}, or "x0 y0 x1 y1."."""
+    from crop.formatting import parse_region_lenient
+    from crop.geometry import Region
+
+    if isinstance(value, str):
+        region = parse_region_lenient(value)
+        if region is None:
+            raise ValueError(f"{where}: cannot parse region {value!r}")
+        return region
+    if isinstance(value, dict):
+        return Region(**value).check(8)
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        return Region(*(int(v) for v in value)).check(8)
+    raise ValueError(f"{where}: region must be 4 blocks, a mapping or a string, got {value!r}")
+
+
+class RegionSource:
+    """Regions per question: a JSONL file (key -> region) or a localizer run on the fly."""
+
+    def __init__(self, method: MethodConfig):
+        self.table: dict[str, Any] = {}
+        self.localizer = None
+        if method.regions:
+            for i, row in enumerate(read_jsonl(method.regions)):
+                key = row.get("key", row.get("question_id"))
+                value = row.get("region_blocks", row.get("region"))
+                if key is None or value is None:
+                    raise ValueError(f"{method.regions}:{i + 1}: row needs key and region_blocks (or region)")
+                self.table[str(key)] = parse_region_value(value, f"{method.regions}:{i + 1}")
+        elif method.localizer:
+            from crop.models.localizer import Localizer
+
+            self.localizer = Localizer.from_pretrained(method.localizer)
+
+    def region(self, item: Any, image: Any) -> Any:
+        if self.localizer is not None:
+            return self.localizer.predict([image], [item.question])[0]
+        if item.key not in self.table:
+            raise KeyError(f"regions file has no region for question key {item.key!r}")
+        return self.table[item.key]
+
+
+def grid_cells(layout: Any) -> int:
+    """Visual tokens of one image that lie on a grid (LLaVA-NeXT newlines and a CLS excluded)."""
+    return sum(v.grid_hw[0] * v.grid_hw[1] for v in layout.views)
+
+
+def resolve_budget(budget: int | float | None, layout: Any) -> int | None:
+    """Tokens to keep for one image: R as given, or ``round(fraction * cells)`` (half up, >= 1).
+
+    A fraction (Table 7's 50 % / 40 % / 33.3 % / 22.2 % for Qwen2-VL) is taken of the image's
+    own grid cells, so images with more tokens (Qwen2-VL's dynamic resolution) keep more.
+    """
+    if budget is None or isinstance(budget, int):
+        return budget
+    return max(1, math.floor(budget * grid_cells(layout) + 0.5))
+
+
+def _visual_count(engine: "Engine", inputs: dict) -> int:
+    ids = inputs.get("input_ids")
+    return int((ids == engine.image_token_id).sum()) if ids is not None else 0
+
+
+def method_none(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    n = _visual_count(engine, inputs)
+    return engine.generate(inputs), {"visual_tokens_in": n, "visual_tokens_kept": n}
+
+
+def keep_plan(engine: "Engine", inputs: dict, ctx: dict) -> Any:
+    """The region's keep plan (``crop.pruning.region_keep_plan``) with the run's budget resolved."""
+    from crop.pruning import region_keep_plan, token_layout
+
+    layouts = token_layout(engine.model, inputs)
+    budget = resolve_budget(engine.cfg.method.budget, layouts[0])
+    return region_keep_plan(layouts, [ctx["region"]], image_sizes_wh=[ctx["size_wh"]],
+                            llava_geometry=engine.frontend.llava_geometry, budget=budget)
+
+
+def method_ilp(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    from crop.pruning import attach_ilp
+
+    plan = keep_plan(engine, inputs, ctx)
+    with attach_ilp(engine.model, plan, layer=engine.cfg.method.layer):
+        out = engine.generate(inputs)
+    return out, {"visual_tokens_in": plan.visual_total[0], "visual_tokens_kept": plan.visual_kept[0]}
+
+
+def method_prune(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    from crop.pruning import prune_inputs
+
+    plan = keep_plan(engine, inputs, ctx)
+    out = engine.generate(prune_inputs(engine.model, inputs, plan))  # (1, new): embeds-only input
+    return out, {"visual_tokens_in": plan.visual_total[0], "visual_tokens_kept": plan.visual_kept[0],
+                 "output_has_prompt": False}
+
+
+def method_fastv(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    from crop.pruning import attach_fastv, token_layout
+
+    layouts = token_layout(engine.model, inputs)
+    budget = resolve_budget(engine.cfg.method.budget, layouts[0])
+    with attach_fastv(engine.model, layouts, budget=budget, layer=engine.cfg.method.layer) as handle:
+        out = engine.generate(inputs)
+        kept = handle.kept_counts
+    n = layouts[0].num_visual
+    return out, {"visual_tokens_in": n, "visual_tokens_kept": kept[0] if kept else min(budget, n)}
+
+
+def method_plc(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    """LLaVA-1.5 + PLC: the prompt's ``<image>`` becomes the PLC token count (68 at 7B shapes)."""
+    import torch
+
+    from crop.models.llava_plc import context_masks, expand_image_tokens, view_of
+
+    plc, fe = engine.model, engine.frontend  # LlavaPLC
+    view = "pad" if fe.padded else view_of(fe.image_processor)
+    mask = context_masks([ctx["region"]], [ctx["size_wh"]], view, plc.grid_hw).to(engine.device)  # (1, R*C)
+    ids = fe.tokenizer(ctx["prompt"], return_tensors=None)["input_ids"]
+    ids = expand_image_tokens(ids, plc.image_token_id, plc.num_image_tokens)
+    input_ids = torch.tensor([ids], device=engine.device)  # (1, N)
+    pixels = fe.image_processor(images=ctx["image"], return_tensors="pt")["pixel_values"]  # (1, 3, H, W)
+    out = plc.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                       pixel_values=pixels.to(engine.device, engine.dtype), context_mask=mask,
+                       **engine.gen_kwargs())
+    n_in = plc.grid_hw[0] * plc.grid_hw[1]
+    return out, {"visual_tokens_in": n_in, "visual_tokens_kept": plc.num_image_tokens,
+                 "prompt_len": input_ids.shape[1]}
+
+
+def method_center(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    from crop.pruning import center_region
+
+    region = center_region(ctx["region"])
+    out, info = method_ilp(engine, inputs, {**ctx, "region": region})
+    return out, {**info, "region_used": list(region)}
+
+
+def method_random(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    from crop.pruning import random_region
+
+    seed = f"{engine.cfg.method.seed}:{ctx['key']}"
+    region = random_region(ctx["region"], seed)
+    out, info = method_ilp(engine, inputs, {**ctx, "region": region})
+    return out, {**info, "region_used": list(region)}
+
+
+METHODS: dict[str, Callable[["Engine", dict, dict], tuple[Any, dict]]] = {
+    "none": method_none, "ilp": method_ilp, "center": method_center, "random": method_random,
+    "prune": method_prune, "fastv": method_fastv, "plc": method_plc}
