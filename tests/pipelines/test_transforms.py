@@ -110,3 +110,23 @@ def test_write_shard_reads_images_and_rejects_missing_ones(tmp_path):
         assert_that(stats | beam.Map(lambda s: (s["shard"], s["samples"], [j["reason"] for j in s["rejects"]])),
                     equal_to([("t-000000.tar", 1, ["missing_image"])]))
     assert sorted(os.listdir(out)) == ["t-000000.stats.json", "t-000000.tar"]
+
+
+def test_prefetch_keeps_order_and_bounds_the_window():
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow_square(x):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.002 * (x % 3))
+        with lock:
+            running[0] -= 1
+        return x * x
+
+    out = list(build.prefetch(slow_square, list(range(50)), window=4, workers=8))
+    assert out == [x * x for x in range(50)]
+    assert 1 < peak[0] <= 4
