@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-datasets", action="store_true")
     ap.add_argument("--shuffle-buffer", type=int, default=StreamConfig.shuffle_buffer,
-                    help="ShardStream's shuffle block; it holds that many samples' bytes, which are "
-                         "cache-cold by the time they are decoded when the block outgrows L2")
+                    help="ShardStream's shuffle block (local shards: it holds member locations, the "
+                         "bytes are read right before decoding, so its size should not matter)")
     ap.add_argument("--in-process-only", action="store_true",
                     help="only the references and ShardStream without workers (the targets)")
     args = ap.parse_args(argv)

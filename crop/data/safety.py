@@ -31,7 +31,8 @@ from typing import IO, Iterable, Iterator
 
 from PIL import Image
 
-from crop.data.tar_headers import FastTarInfo, open_mode, read_member_data
+from crop.data.tar_headers import (FastTarInfo, LocalSource, MemberReader, lazy_source, open_mode,
+                                  read_member_data)
 
 MEMBER_RE = re.compile(r"(?P<key>[a-z0-9][a-z0-9_-]{0,95})\.(?P<ext>[A-Za-z0-9]{1,10})")
 """A safe member name (matched whole): the contract's dot-free key, one dot, a short alphanumeric
@@ -144,18 +145,45 @@ def count_sample_runs(names: Iterable[str]) -> int:
 
 @dataclass(slots=True)
 class RawSample:
-    """One sample's undecoded members, as read from a shard."""
+    """One sample's undecoded members, as read from a shard.
+
+    With a lazy scan (``iter_shard_samples(..., path=...)``) no member is read yet:
+    ``json_bytes``/``image_bytes`` are None and ``json_at``/``image_at`` say where they are,
+    ``(source, offset, size)``, for :meth:`~crop.data.tar_headers.MemberReader.read`.
+    ``image_ext`` is set whenever there is an image; :meth:`read` gives both byte strings.
+    """
 
     key: str
     index: int          # 0-based position among the shard's samples (samples = json members)
-    json_bytes: bytes
+    json_bytes: bytes | None
     image_bytes: bytes | None
     image_ext: str | None
+    json_at: tuple[LocalSource, int, int] | None = None
+    image_at: tuple[LocalSource, int, int] | None = None
+
+    def read(self, reader: MemberReader | None) -> tuple[bytes, bytes | None]:
+        """``(json bytes, image bytes or None)``, reading located members with ``reader``.
+
+        Raises ``tarfile.ReadError``/``OSError`` when a located member cannot be read whole.
+        """
+        json_bytes, image = self.json_bytes, self.image_bytes
+        if self.json_at is not None:
+            json_bytes = reader.read(*self.json_at)
+        if self.image_at is not None:
+            image = reader.read(*self.image_at)
+        return json_bytes, image
 
 
 def iter_shard_samples(fileobj: IO[bytes], shard: str, policy: ErrorPolicy,
-                       start: int = 0, stop: int | None = None) -> Iterator[RawSample]:
+                       start: int = 0, stop: int | None = None,
+                       path: str | None = None) -> Iterator[RawSample]:
     """Yield the shard's samples with ``start <= index < stop`` as :class:`RawSample`.
+
+    ``path`` (the local file ``fileobj`` reads) asks for a lazy scan: when the shard is an
+    uncompressed tar read in random-access mode, members are not read, only located
+    (``RawSample.json_at``/``image_at``, read later with :meth:`RawSample.read`); otherwise
+    (compressed, streamed) the argument is ignored. The name rules, grouping and truncation
+    checks are the same either way: ``tarfile`` still verifies each member's data is present.
 
     A single front-to-back pass (``tarfile`` random access for local files, streaming for pipes
     and remote streams; plain or compressed: :func:`~crop.data.tar_headers.open_mode`). Each
@@ -184,11 +212,17 @@ def iter_shard_samples(fileobj: IO[bytes], shard: str, policy: ErrorPolicy,
         elif g_json is None:
             report("missing_json", where, "sample has no .json member")
         else:
+            if type(g_json) is tuple or type(g_image) is tuple:   # located by a lazy scan
+                j_at = g_json if type(g_json) is tuple else None     # (a sparse member was read)
+                i_at = g_image if type(g_image) is tuple else None
+                return RawSample(g_key, g_index, None if j_at else g_json,
+                                 None if i_at else g_image, g_ext, j_at, i_at)
             return RawSample(g_key, g_index, g_json, g_image, g_ext)
         return None
 
     with tarfile.open(fileobj=fileobj, mode=open_mode(fileobj), tarinfo=FastTarInfo) as tar:
         next_member, seen = tar.next, tar.members  # a streaming TarFile keeps every header: clear
+        lazy = lazy_source(tar, fileobj, path)     # images located, read by the consumer
         while (info := next_member()) is not None:
             seen.clear()
             if not info.isreg():
@@ -216,7 +250,12 @@ def iter_shard_samples(fileobj: IO[bytes], shard: str, policy: ErrorPolicy,
                 continue
             if done < start:
                 continue
-            data = read_member_data(tar, info)
+            if lazy is None or info.sparse is not None:
+                data = read_member_data(tar, info)
+            elif info.size < 0:
+                raise tarfile.ReadError(f"member {name!r} declares a negative size {info.size}")
+            else:   # located only; tar.next() still checks the data is there (truncation)
+                data = (lazy, info.offset_data, info.size)
             if key != g_key:
                 if g_key is not None and (sample := finished()) is not None:
                     yield sample

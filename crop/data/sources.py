@@ -41,6 +41,11 @@ def _local_path(url: str) -> str:
     return urlparse(url).path if url.startswith("file://") else url
 
 
+def local_path(url: str) -> str | None:
+    """The file system path of a local shard URL (plain path or ``file://``), else None."""
+    return _local_path(url) if _is_local(url) else None
+
+
 def open_url(url: str) -> IO[bytes]:
     """Open a shard/manifest for reading: local files directly, ``pipe:``/``ais:`` etc. through
     webdataset's ``gopen``, every other scheme (s3, gs, hf, http(s), memory, ...) through fsspec."""

@@ -19,6 +19,9 @@ number of batches a trainer has consumed maps exactly onto each worker's progres
 The sample shuffle is a *block* shuffle: each worker permutes consecutive blocks of
 ``shuffle_buffer`` samples with an RNG seeded by (seed, epoch, block position). Its order is a pure
 function of the plan, so resuming needs to re-read at most one block, never replay the stream.
+For local uncompressed shards the block holds only member *locations*: each sample's JSON and
+image are read (``os.pread``) right before they are parsed and decoded, which keeps the decoder
+on hot memory whatever the block size (see ``docs/loader.md``, "Why lazy").
 Failed samples (corrupt member/shard) are replaced by a repeat of a good sample (``__pad__``) so the
 length promise holds under ``on_error="skip"``.
 
@@ -29,6 +32,7 @@ keep ``in_order=True`` and ``persistent_workers=False`` so ``set_epoch`` reaches
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -46,7 +50,9 @@ from crop.data.safety import (DEFAULT_MAX_IMAGE_PIXELS, INFO_KINDS, ON_ERROR, Co
                               decode_json, iter_shard_samples)
 from crop.data.plan import (UNEVEN, Segment, epoch_length, segments, shard_order,  # noqa: F401
                             split_sizes, stream_span, worker_progress)
-from crop.data.sources import ShardRef, count_samples, open_url, resolve_shards  # noqa: F401 - re-exported
+from crop.data.sources import (ShardRef, count_samples, local_path, open_url,  # noqa: F401
+                               resolve_shards)
+from crop.data.tar_headers import MemberReader
 
 log = logging.getLogger(__name__)
 
@@ -255,20 +261,28 @@ class ShardStream(IterableDataset):
         if lo + done >= hi:
             return
         fill = self.config.fill_failures
-        finish = self._finish
+        reader = MemberReader()       # members of lazily scanned shards are read in _finish
+        finish = functools.partial(self._finish, reader=reader)
+        with reader:
+            yield from self._fill(self._planned(lo, hi, done, policy), finish, policy, fill, count)
+
+    def _fill(self, items, finish, policy: ErrorPolicy, fill: bool, count: bool) -> Iterator[dict]:
+        """``finish`` each planned item; a failed one is replaced by a repeat (``fill``) or dropped."""
         last_ok = None  # the last item that finished: re-finished (rarely) to fill a failure;
         owed = 0        # holding its finished sample would keep a decoded image alive, which
         #                 makes the allocator hand the next decode cold memory (~10% slower)
-        for item in self._planned(lo, hi, done, policy):
+        for item in items:
             sample = finish(item, policy)
             if sample is None:
                 if not fill:
                     continue
-                if last_ok is None:
+                if last_ok is not None:   # it finished before, so it will again -- unless
+                    sample = finish(last_ok, policy)  # its shard changed since the scan
+                if sample is None:        # then the next good sample pays (or we raise below)
+                    last_ok = None
                     owed += 1
                     continue
                 policy.counters.bump("filled", f"{item[1]}:{item[2]}")
-                sample = finish(last_ok, policy)      # deterministic: it finished before
                 sample["__pad__"] = True
             else:
                 last_ok = item
@@ -285,27 +299,34 @@ class ShardStream(IterableDataset):
             raise ShardReadError(f"rank {self.rank}: positions [{lo}, {hi}) hold no readable "
                                  f"sample, so the equal-length promise cannot be kept")
 
-    def _finish(self, item: tuple, policy: ErrorPolicy) -> dict | None:
+    def _finish(self, item: tuple, policy: ErrorPolicy, reader: MemberReader) -> dict | None:
         """JSON-decode (and with ``decode``, image-decode) one read item; None if it failed.
 
-        Images are decoded here, after the shuffle buffer, so the buffer holds compressed bytes
-        and samples skipped on resume are never decoded.
+        Members are read here for lazily scanned (local, uncompressed) shards -- see
+        :func:`_read_positions` -- and images decoded here, after the shuffle block: the block
+        holds only member locations, each sample's bytes are cache-hot when parsed/decoded, and
+        samples skipped on resume are never read.
         """
         pos, shard, index, raw = item
         if raw is None:
             return None
         key = raw.key
         try:
-            record = decode_json(raw.json_bytes, f"{shard}:{key}.json")
+            json_bytes, data = raw.read(reader)
+        except Exception as e:  # noqa: BLE001 - tarfile.ReadError, OSError
+            policy.report("unreadable_member", f"{shard}:{key}", e)
+            return None
+        try:
+            record = decode_json(json_bytes, f"{shard}:{key}.json")
             if record.get("key", key) != key:
                 raise ValueError(f"record key {record.get('key')!r} != member key")
         except ValueError as e:
             policy.report("bad_json", f"{shard}:{key}", e)
             return None
         image = None
-        if self.config.decode and raw.image_bytes is not None:
+        if self.config.decode and data is not None:
             try:
-                image = decode_image(raw.image_bytes, self.config.max_image_pixels,
+                image = decode_image(data, self.config.max_image_pixels,
                                      f"{shard}:{key}.{raw.image_ext}")
             except ImageTooLargeError as e:
                 policy.report("image_too_large", f"{shard}:{key}", e)
@@ -313,7 +334,7 @@ class ShardStream(IterableDataset):
             except Exception as e:  # noqa: BLE001 - untrusted bytes: any plugin error is "bad"
                 policy.report("bad_image", f"{shard}:{key}", e)
                 return None
-        return {"__key__": key, "json": record, "image": image, "image_bytes": raw.image_bytes,
+        return {"__key__": key, "json": record, "image": image, "image_bytes": data,
                 "image_ext": raw.image_ext, "__shard__": shard, "__index__": index,
                 "__pad__": pos >= self.total}
 
@@ -323,13 +344,15 @@ def _read_positions(segs: Sequence[Segment],
     """Exactly one ``(pos, shard_name, index, raw or None)`` per planned position, in order.
 
     ``None`` marks a sample that could not be read (already reported): a missing index inside a
-    shard, or the rest of a shard after a tar-level error or an early end.
+    shard, or the rest of a shard after a tar-level error or an early end. Local uncompressed
+    shards are scanned lazily (members located, read in :meth:`ShardStream._finish`).
     """
     for seg in segs:
         name, expected, base = seg.shard.name, seg.start, seg.pos - seg.start
+        path = local_path(seg.shard.url)
         try:
             with open_url(seg.shard.url) as f:
-                for raw in iter_shard_samples(f, name, policy, seg.start, seg.stop):
+                for raw in iter_shard_samples(f, name, policy, seg.start, seg.stop, path):
                     while expected < raw.index:
                         yield base + expected, name, expected, None
                         expected += 1

@@ -11,14 +11,19 @@ parser unchanged. So ``tarfile`` stays the only authority on what a header means
 errors it raises; this class only skips work for headers whose result is already certain.
 ``tests/data/test_stream_tar.py`` checks the two parsers agree on every field, offsets included.
 
+:class:`MemberReader` reads members located by an earlier scan (``os.pread`` by offset), for the
+lazy shuffle blocks of :mod:`crop.data.stream`.
+
 Usage: ``tarfile.open(fileobj=f, mode=open_mode(f), tarinfo=FastTarInfo)`` (``tarinfo`` and the two
 class methods overridden here are tarfile's documented extension points).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import tarfile
+from dataclasses import dataclass
 from tarfile import BLOCKSIZE
 
 # name mode uid gid size mtime chksum [type] linkname [magic version] uname gname devmajor devminor
@@ -141,3 +146,90 @@ def open_mode(fileobj) -> str:
         return "r:*" if fileobj.seekable() else "r|*"
     except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is both
         return "r|*"
+
+
+class MemberReader:
+    """Reads members of local, uncompressed shards by ``(path, offset, size)`` with ``os.pread``.
+
+    Why: a shuffle block scanned eagerly holds every member's bytes (256 JPEGs are ~11 MB), and
+    after the block is permuted those bytes -- and the heap pages they were allocated in -- are
+    cold by the time each image is decoded. Scanning only headers and reading each image right
+    before its decode keeps the bytes cache-hot and lets one freed buffer serve the next read
+    (``benchmarks/loader_throughput.py``). A few file descriptors stay open (a block rarely spans
+    more than two shards); each is checked on open against the inode, size and mtime seen when
+    the shard was scanned, so a shard rewritten mid-epoch fails loudly instead of returning other
+    bytes. Use as a context manager (closes every descriptor).
+    """
+
+    def __init__(self, max_open: int = 8) -> None:
+        self.max_open = max_open
+        self._fds: dict[str, int] = {}
+
+    def read(self, source: "LocalSource", offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``; ``tarfile.ReadError`` on a short read."""
+        fd = self._fds.get(source.path)
+        if fd is None:
+            fd = self._open(source)
+        data = os.pread(fd, size, offset)
+        while len(data) < size:                   # pread may return less (signals, > 2 GiB)
+            more = os.pread(fd, size - len(data), offset + len(data))
+            if not more:
+                raise tarfile.ReadError(f"{source.path}: unexpected end of data at offset "
+                                        f"{offset + len(data)} ({size} bytes wanted at {offset})")
+            data += more
+        return data
+
+    def _open(self, source: "LocalSource") -> int:
+        if len(self._fds) >= self.max_open:       # oldest first: blocks move forward through shards
+            os.close(self._fds.pop(next(iter(self._fds))))
+        fd = os.open(source.path, os.O_RDONLY)
+        try:
+            if LocalSource.of(source.path, fd) != source:
+                raise tarfile.ReadError(f"{source.path}: the shard changed since it was scanned")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds[source.path] = fd
+        return fd
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    def __enter__(self) -> "MemberReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSource:
+    """A local shard file as scanned: path plus identity (inode, size, mtime) for later reads."""
+
+    path: str
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str, fd: int) -> "LocalSource":
+        st = os.fstat(fd)
+        return cls(path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def lazy_source(tar: tarfile.TarFile, fileobj, path: str | None) -> LocalSource | None:
+    """The :class:`LocalSource` whose members may be read later by offset, or None.
+
+    Only when ``path`` is given and ``tar`` reads ``fileobj`` itself: an uncompressed tar on an OS
+    file opened in random-access mode (for a compressed shard the offsets ``tarfile`` reports are
+    into the decompressed stream, so they cannot be ``pread``).
+    """
+    if path is None or tar.fileobj is not fileobj:
+        return None
+    try:
+        if not fileobj.seekable():
+            return None
+        return LocalSource.of(path, fileobj.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
