@@ -71,8 +71,7 @@ def generate(folder: Path, shards: int, per_shard: int, width: int, height: int)
             q = f"What is in picture {i}?"
             recs.append(region_record(
                 source="textvqa", source_id=f"bench-{i}", source_file="bench.jsonl", image=f"b/{i}.jpg",
-                image_width=width, image_height=height, question=q, answer="a thing", prompt=q,
-                target="0 0 7 7.", boxes_xyxy_px=[[0, 0, width, height]],
+                image_width=width, image_height=height, question=q, answer="a thing", boxes_xyxy_px=[[0, 0, width, height]],
                 union_box_xyxy_px=[0, 0, width, height], region_blocks=[0, 0, 7, 7], grid_size=8))
         name = f"bench-{s:06d}.tar"
         with wds.TarWriter(str(folder / name), encoder=False, mtime=1) as tw:

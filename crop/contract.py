@@ -58,9 +58,19 @@ def _record(**fields: Any) -> dict:
 
 
 def region_record(*, source: str, source_id: str, source_file: str, image: str, image_width: int,
-                  image_height: int, question: str, answer: str, prompt: str, target: str,
+                  image_height: int, question: str, answer: str,
                   boxes_xyxy_px: Sequence[Sequence[float]], union_box_xyxy_px: Sequence[float],
-                  region_blocks: Sequence[int], grid_size: int) -> dict:
+                  region_blocks: Sequence[int], grid_size: int, trailing_period: bool | None = None,
+                  prompt: str | None = None, target: str | None = None) -> dict:
+    """A region sample. The conversation is derived from ``question`` and ``region_blocks`` with
+    the paper's template (``crop.formatting``); pass ``prompt``/``target`` only to override it."""
+    from crop import formatting
+
+    if prompt is None:
+        prompt = formatting.render_region_prompt(question)
+    if target is None:
+        period = formatting.TRAILING_PERIOD if trailing_period is None else trailing_period
+        target = formatting.format_region(region_blocks, grid_size, trailing_period=period)
     return _record(
         key=make_key(source, source_id), kind="region", source=source, source_id=source_id,
         source_file=source_file, image=image, image_width=image_width, image_height=image_height,

@@ -20,7 +20,7 @@ import warnings
 from PIL import Image
 
 from crop.contract import instruction_record, region_record
-from crop.formatting import format_region, render_region_prompt
+
 from pipelines.sources import STAGE_IMAGE, Rejected, boxes_to_region
 
 EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -76,8 +76,7 @@ def finalize(cand: dict, image_rel_path: str | None, data: bytes | None, *, grid
     rec = region_record(
         source=cand["source"], source_id=cand["source_id"], source_file=cand["source_file"],
         image=image_rel_path, image_width=width, image_height=height, question=cand["question"],
-        answer=cand["answer"], prompt=render_region_prompt(cand["question"]),
-        target=format_region(info["region"], grid, trailing_period=trailing_period),
+        answer=cand["answer"], trailing_period=trailing_period,
         boxes_xyxy_px=cand["boxes"], union_box_xyxy_px=info["union_box"],
         region_blocks=info["region"], grid_size=grid,
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from crop.contract import region_record
-from crop.formatting import format_region, render_region_prompt
+
 from crop.geometry import box_px_to_region
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -104,7 +104,7 @@ def make_sample(rng: random.Random, index: int, spec: SyntheticSpec = SyntheticS
     record = region_record(
         source="synthetic", source_id=f"{split}-{index}", source_file=f"synthetic-{split}",
         image=f"synthetic/{split}/{index}.png", image_width=s, image_height=s, question=question,
-        answer=colour, prompt=render_region_prompt(question), target=format_region(region, spec.grid),
+        answer=colour, 
         boxes_xyxy_px=[box], union_box_xyxy_px=box, region_blocks=list(region), grid_size=spec.grid,
     )
     return {"__key__": record["key"], "json": record, "image": img}

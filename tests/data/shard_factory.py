@@ -20,7 +20,7 @@ import webdataset as wds
 from PIL import Image
 
 from crop.contract import instruction_record, region_record
-from crop.formatting import format_region, render_region_prompt
+
 from crop.geometry import box_px_to_region
 
 SOURCES = ("textvqa", "gqa", "docvqa", "vsr")
@@ -47,8 +47,7 @@ def make_sample(i: int, width: int = 40, height: int = 30) -> tuple[dict, bytes 
         rec = region_record(
             source=source, source_id=f"img{i}.{ext}|{question}", source_file=f"{source}_cot_train.jsonl",
             image=f"{source}/img{i}.{ext}", image_width=width, image_height=height, question=question,
-            answer=f"answer {i}", prompt=render_region_prompt(question), target=format_region(region),
-            boxes_xyxy_px=[box], union_box_xyxy_px=box, region_blocks=list(region), grid_size=8)
+            answer=f"answer {i}", boxes_xyxy_px=[box], union_box_xyxy_px=box, region_blocks=list(region), grid_size=8)
         return rec, image_bytes(width, height, ext, i), ext
     text_only = i % 4 == 3
     rec = instruction_record(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crop.contract import instruction_record, region_record
-from crop.formatting import REGION_PROMPT_SUFFIX, format_region, render_region_prompt
+from crop.formatting import REGION_PROMPT_SUFFIX
 from crop.models.localizer_data import (
     IGNORE_INDEX,
     LocalizerCollator,
@@ -38,8 +38,7 @@ def _image(size=112, colour=(200, 20, 20)):
 def _region_rec(question="Where is the red square?", blocks=(1, 2, 3, 4)):
     return region_record(
         source="vsr", source_id=question, source_file="f.jsonl", image="a.jpg", image_width=112,
-        image_height=112, question=question, answer="x", prompt=render_region_prompt(question),
-        target=format_region(blocks), boxes_xyxy_px=[[10, 20, 50, 60]], union_box_xyxy_px=[10, 20, 50, 60],
+        image_height=112, question=question, answer="x", boxes_xyxy_px=[[10, 20, 50, 60]], union_box_xyxy_px=[10, 20, 50, 60],
         region_blocks=list(blocks), grid_size=8)
 
 

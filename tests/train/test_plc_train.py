@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from crop.contract import instruction_record, region_record, validate
-from crop.formatting import format_region, render_region_prompt
+
 from crop.models.llava_plc import LlavaPLC, byte_tokenizer, tiny_image_processor, tiny_llava
 from crop.models.plc import PLC, region_token_masks
 from crop.train import common
@@ -41,7 +41,6 @@ def region_sample(i: int, color: str, region=(2, 2, 5, 5), size=(64, 48)):
     rec = region_record(
         source="vsr", source_id=str(i), source_file="vsr_cot_train.jsonl", image=f"{i}.png",
         image_width=w, image_height=h, question="What color is the box?", answer=color,
-        prompt=render_region_prompt("What color is the box?"), target=format_region(region),
         boxes_xyxy_px=[[x0 * w / 8, y0 * h / 8, (x1 + 1) * w / 8, (y1 + 1) * h / 8]],
         union_box_xyxy_px=[x0 * w / 8, y0 * h / 8, (x1 + 1) * w / 8, (y1 + 1) * h / 8],
         region_blocks=list(region), grid_size=8)

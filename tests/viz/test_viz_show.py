@@ -8,7 +8,7 @@ from PIL import Image
 import tinyshards
 from crop.cli import main
 from crop.contract import region_record
-from crop.formatting import format_region, render_region_prompt
+
 from crop.viz import draw
 
 COLOUR = (30, 90, 160)
@@ -20,7 +20,6 @@ def _record(region=REGION, boxes=((86.0, 50.0, 106.0, 64.0),)):
     return region_record(
         source="textvqa", source_id="fig3", source_file="t.jsonl", image="x.png", image_width=160,
         image_height=120, question="What words are on the card?", answer="You Are Seriously Awesome",
-        prompt=render_region_prompt("What words are on the card?"), target=format_region(region),
         boxes_xyxy_px=list(boxes), union_box_xyxy_px=list(boxes[0]), region_blocks=list(region), grid_size=8)
 
 

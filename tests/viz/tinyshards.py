@@ -18,7 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from crop.contract import instruction_record, region_record, validate
-from crop.formatting import format_region, render_region_prompt
+
 from crop.geometry import box_px_to_region, region_area
 
 NAME = "tiny"
@@ -49,8 +49,7 @@ def build_records():
         rec = region_record(
             source=source, source_id=f"{source}-{i}", source_file=f"{source}_cot_train.jsonl",
             image=f"cot/{source}/{i}.{ext}", image_width=w, image_height=h, question=question,
-            answer=f"answer {i}", prompt=render_region_prompt(question), target=format_region(region),
-            boxes_xyxy_px=boxes, union_box_xyxy_px=union, region_blocks=list(region), grid_size=8)
+            answer=f"answer {i}", boxes_xyxy_px=boxes, union_box_xyxy_px=union, region_blocks=list(region), grid_size=8)
         out.append((rec, ext, image_bytes(colour, (w, h), ext)))
     text_only = instruction_record(
         source_id="42", source_file="llava_v1_5_mix665k.json", image=None, image_width=None,
