@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import posixpath
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -413,7 +413,3 @@ def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
     io_.write_json(fp_path, {"fingerprint": fingerprint, "recipe": recipe.to_dict()})
     return mode
 
-
-def iter_shard_paths(out_dir: str) -> Iterable[str]:
-    manifest = json.loads(io_.read_bytes(io_.join(out_dir, "manifest.json")))
-    return [io_.join(out_dir, s["shard"]) for s in manifest["shards"]]

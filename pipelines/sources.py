@@ -71,7 +71,7 @@ def _raw_boxes(bboxs: Any) -> list[list[float]]:
     out = []
     for b in bboxs:
         try:
-            out.append(list(gboxes._as_box(b)))
+            out.append(list(gboxes.as_box(b)))
         except gboxes.BoxRejected as e:
             raise Rejected(STAGE_BOXES, e.reason, e.detail) from None
     return out

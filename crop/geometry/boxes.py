@@ -29,7 +29,8 @@ class BoxRejected(ValueError):
         self.detail = detail
 
 
-def _as_box(box: Sequence[float]) -> BoxXYXY:
+def as_box(box: Sequence[float]) -> BoxXYXY:
+    """Check a box is four finite numbers with x1 <= x2, y1 <= y2; raise BoxRejected with the reason."""
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise BoxRejected(REASON_MALFORMED_BOX, f"expected 4 numbers [x1, y1, x2, y2], got {box!r}")
     out = []
@@ -54,7 +55,7 @@ def clip_box(box_xyxy_px: Sequence[float], width: int, height: int) -> BoxXYXY:
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    x1, y1, x2, y2 = _as_box(box_xyxy_px)
+    x1, y1, x2, y2 = as_box(box_xyxy_px)
     if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
         if x1 == x2 or y1 == y2:
             # A zero-size box is degenerate wherever it lies; say so rather than "outside".
@@ -75,7 +76,7 @@ def clip_box(box_xyxy_px: Sequence[float], width: int, height: int) -> BoxXYXY:
 
 def union_box(boxes: Iterable[Sequence[float]]) -> BoxXYXY:
     """Smallest box containing all boxes (Visual-CoT's own multi-box rule)."""
-    boxes = [_as_box(b) for b in boxes]
+    boxes = [as_box(b) for b in boxes]
     if not boxes:
         raise BoxRejected(REASON_EMPTY_BOXES, "no boxes to merge")
     return (
@@ -88,7 +89,7 @@ def union_box(boxes: Iterable[Sequence[float]]) -> BoxXYXY:
 
 def validate_box(box_xyxy_px: Sequence[float], width: int, height: int) -> tuple[BoxXYXY, bool]:
     """Validate and clip one box; returns ``(clipped_box, was_clipped)``."""
-    original = _as_box(box_xyxy_px)
+    original = as_box(box_xyxy_px)
     clipped = clip_box(original, width, height)
     return clipped, clipped != original
 
@@ -100,7 +101,7 @@ def px_to_pad_square_norm(box_xyxy_px: Sequence[float], width: int, height: int)
     ``s = max(W, H)`` the short side is shifted by ``(long - short) // 2`` and all four values are
     divided by ``s``.
     """
-    x1, y1, x2, y2 = _as_box(box_xyxy_px)
+    x1, y1, x2, y2 = as_box(box_xyxy_px)
     s = max(width, height)
     if width > height:
         off = (width - height) // 2
@@ -113,7 +114,7 @@ def px_to_pad_square_norm(box_xyxy_px: Sequence[float], width: int, height: int)
 
 def pad_square_norm_to_px(box_xyxy_norm_sq: Sequence[float], width: int, height: int) -> BoxXYXY:
     """Inverse of :func:`px_to_pad_square_norm`."""
-    x1, y1, x2, y2 = _as_box(box_xyxy_norm_sq)
+    x1, y1, x2, y2 = as_box(box_xyxy_norm_sq)
     s = max(width, height)
     x1, y1, x2, y2 = x1 * s, y1 * s, x2 * s, y2 * s
     if width > height:
