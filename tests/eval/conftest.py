@@ -24,22 +24,30 @@ def byte_tokenizer(specials, **tokens):
     return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=list(specials), **tokens)
 
 
+def _tiny_clip_llama(tok) -> dict:
+    """The tiny vision (16 px CLIP, 4 px patches) and text (3-layer Llama) configs both LLaVA
+    families share in these tests."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    return {"vision_config": CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=2, image_size=16, patch_size=4),
+            "text_config": LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=4, vocab_size=len(tok),
+                                       max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)}
+
+
 def build_tiny_llava(path):
     """LlavaConfig(tiny CLIP + tiny Llama) + a byte-level tokenizer built here; save_pretrained."""
     import torch
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+    from transformers import (CLIPImageProcessor, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     tok = byte_tokenizer(["<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     image_token_id = tok.convert_tokens_to_ids("<image>")
     torch.manual_seed(0)
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=16, patch_size=4),
-        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                num_key_value_heads=4, vocab_size=len(tok), max_position_embeddings=1024,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                pad_token_id=tok.pad_token_id),
+        **_tiny_clip_llama(tok),
         image_token_id=image_token_id, image_seq_length=16, vision_feature_select_strategy="default")
     model = LlavaForConditionalGeneration(cfg).eval()
     image_processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
@@ -56,18 +64,13 @@ NEXT_PINPOINTS = [[16, 32], [32, 16], [32, 32]]
 def build_tiny_llava_next(path):
     """LlavaNextConfig (16 px CLIP tiles, 4 px patches, pinpoints up to 32x32) + LlavaNextProcessor."""
     import torch
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextImageProcessorPil, LlavaNextProcessor)
 
     tok = byte_tokenizer(["<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(0)
     cfg = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=16, patch_size=4),
-        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                num_key_value_heads=4, vocab_size=len(tok), max_position_embeddings=1024,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                pad_token_id=tok.pad_token_id),
+        **_tiny_clip_llama(tok),
         image_token_id=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=NEXT_PINPOINTS,
         vision_feature_select_strategy="default")
     model = LlavaNextForConditionalGeneration(cfg).eval()
