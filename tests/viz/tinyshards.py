@@ -19,7 +19,7 @@ from PIL import Image
 
 from crop.contract import instruction_record, region_record, validate
 
-from crop.geometry import box_px_to_region, region_area
+from crop.geometry import box_px_to_region, union_box, region_area
 
 NAME = "tiny"
 # (source, colour, ext, size, boxes px) of the region samples.
@@ -41,9 +41,7 @@ def build_records():
     """``[(record, ext or None, image bytes or None)]``, sorted by key as the pipeline writes them."""
     out = []
     for i, (source, colour, ext, (w, h), boxes) in enumerate(REGIONS):
-        xs0, ys0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
-        xs1, ys1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
-        union = [xs0, ys0, xs1, ys1]
+        union = list(union_box(boxes))
         region = box_px_to_region(union, w, h)
         question = f"What is in part {i} of the {source} image?"
         rec = region_record(
