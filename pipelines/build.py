@@ -46,6 +46,7 @@ from pipelines.sources import (
 
 log = logging.getLogger("crop.build")
 REJECTS = "rejects"
+METRICS = "crop.build"  # Beam metrics namespace: live progress in the Dataflow / Flink / Spark UIs
 
 
 # --------------------------------------------------------------------------- inputs
@@ -110,11 +111,21 @@ class ReadFn(beam.DoFn):
     reconciliation its "read" side at no per-record cost.
     """
 
+    PROGRESS_EVERY = 1000  # records between updates of the "records_read" progress counter
+
+    def __init__(self):
+        self.read_counter = beam.metrics.Metrics.counter(METRICS, "records_read")
+
     def process(self, spec):
         counts: dict[str, int] = {}
+        n = 0
         for el in read_input(spec):
             counts[el[0]] = counts.get(el[0], 0) + 1
+            n += 1
+            if n % self.PROGRESS_EVERY == 0:
+                self.read_counter.inc(self.PROGRESS_EVERY)
             yield el
+        self.read_counter.inc(n % self.PROGRESS_EVERY)
         for source, n in sorted(counts.items()):
             yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, n))
 
@@ -122,6 +133,7 @@ class ReadFn(beam.DoFn):
 class ParseFn(beam.DoFn):
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        self.rejected = beam.metrics.Metrics.counter(METRICS, "rejected")
 
     def process(self, el):
         source, file, line, payload = el
@@ -139,6 +151,7 @@ class ParseFn(beam.DoFn):
             rid = None
             if isinstance(payload, dict) and isinstance(payload.get("id", payload.get("question_id")), (int, str)):
                 rid = str(payload.get("id", payload.get("question_id")))
+            self.rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS, reject_record(source, file, line, rid, e))
             return
         yield cand
@@ -182,6 +195,12 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
                     "capped": len(hashes) - taken, "wanted": wanted}
 
 
+def shard_count(selection: dict, max_samples: int) -> int:
+    """Number of shards the selected records are dealt over (0 when nothing was selected)."""
+    total = sum(v["selected"] for v in selection.values())
+    return max(1, math.ceil(total / max_samples)) if total else 0
+
+
 class AssignShardFn(beam.DoFn):
     """Deal each source's selected records round-robin over all shards (by hash rank)."""
 
@@ -190,8 +209,7 @@ class AssignShardFn(beam.DoFn):
         self._plan = None
 
     def _make_plan(self, selection: dict):
-        total = sum(v["selected"] for v in selection.values())
-        n_shards = max(1, math.ceil(total / self.max_samples)) if total else 0
+        n_shards = shard_count(selection, self.max_samples)
         offsets, acc = {}, 0
         for s in sorted(selection):
             offsets[s] = acc
@@ -249,21 +267,62 @@ def _read_image(root: str, cand: dict) -> tuple[str, bytes]:
     raise Rejected(STAGE_IMAGE, "missing_image", "image not found at " + " or ".join(tried))
 
 
+class _Progress:
+    """Shards finished by this worker process and its sample rate, for the per-shard log line.
+
+    On the in-memory Direct runner this is the whole job; on distributed runners each worker
+    logs its own share and the Beam counters (``METRICS``) give the job-wide totals."""
+
+    def __init__(self):
+        import time
+
+        self.clock = time.perf_counter
+        self.t0, self.shards, self.samples = None, 0, 0
+
+    def start(self) -> None:
+        if self.t0 is None:  # the first shard this process writes
+            self.t0 = self.clock()
+
+    def done(self, samples: int) -> str:
+        self.shards += 1
+        self.samples += samples
+        rate = self.samples / max(self.clock() - self.t0, 1e-9)
+        return f"{self.shards} shards written by this process at {rate:,.0f} samples/s"
+
+
 class WriteShardFn(beam.DoFn):
     """Read the images of one shard, finalize its records, write the tar and its stats marker."""
 
     def __init__(self, recipe: Recipe, out_dir: str):
         self.recipe, self.out_dir = recipe, out_dir
+        self.samples_written = beam.metrics.Metrics.counter(METRICS, "samples_written")
+        self.shards_written = beam.metrics.Metrics.counter(METRICS, "shards_written")
+        self.shards_skipped = beam.metrics.Metrics.counter(METRICS, "shards_skipped")
+        self.bytes_written = beam.metrics.Metrics.counter(METRICS, "bytes_written")
+        self.rejected = beam.metrics.Metrics.counter(METRICS, "rejected")
 
-    def process(self, kv) -> Iterator[dict]:
+    def setup(self):
+        self.progress = _Progress()
+
+    def process(self, kv, selection) -> Iterator[dict]:
         index, cands = kv
         shard = io_.shard_file_name(self.recipe.shard_name, index)
+        of = f"shard {index + 1} of {shard_count(selection, self.recipe.shard_max_samples)}"
         stats_path = io_.join(self.out_dir, io_.stats_file_name(shard))
         if io_.exists(stats_path) and io_.exists(io_.join(self.out_dir, shard)):
-            log.info("shard %s already complete, skipped", shard)
+            log.info("%s (%s) already complete, skipped", shard, of)
+            self.shards_skipped.inc()
             yield json.loads(io_.read_bytes(stats_path))
-        else:
-            yield self._write(shard, stats_path, cands)
+            return
+        self.progress.start()
+        stats = self._write(shard, stats_path, cands)
+        self.samples_written.inc(stats["samples"])
+        self.shards_written.inc()
+        self.bytes_written.inc(stats["bytes"])
+        self.rejected.inc(len(stats["rejects"]))
+        log.info("wrote %s (%s): %d samples, %.1f MB, %d rejected; %s", shard, of, stats["samples"],
+                 stats["bytes"] / 1e6, len(stats["rejects"]), self.progress.done(stats["samples"]))
+        yield stats
 
     def _write(self, shard: str, stats_path: str, cands) -> dict:
         r = self.recipe
@@ -310,8 +369,6 @@ class WriteShardFn(beam.DoFn):
                  "per_source": dict(sorted(per_source.items())), "per_kind": dict(sorted(per_kind.items())),
                  "rejects": rejects, "sample_stats": sample_stats}
         io_.write_json(stats_path, stats)  # written last: marks the shard complete
-        log.info("wrote %s: %d samples, %.1f MB, %d rejected", shard, stats["samples"],
-                 stats["bytes"] / 1e6, len(rejects))
         return stats
 
 
@@ -359,7 +416,7 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
     shard_stats = (parsed.ok
                    | "Assign" >> beam.ParDo(AssignShardFn(recipe.shard_max_samples), beam.pvalue.AsDict(selection))
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir)))
+                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir), beam.pvalue.AsDict(selection)))
     rejects = parsed[REJECTS]
     inputs = files | "Checksum" >> beam.Map(checksum)
     AsList = beam.pvalue.AsList
@@ -368,6 +425,18 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
                                     shard_stats=AsList(shard_stats), rejects=AsList(rejects),
                                     read=AsList(read_counts), selection=beam.pvalue.AsDict(selection),
                                     inputs=AsList(inputs)))
+
+
+def progress_counters(result) -> dict[str, int]:
+    """The job's ``METRICS`` counters from a finished ``PipelineResult`` (committed values where
+    the runner reports them, else attempted), e.g. ``{"samples_written": 80, ...}``."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(METRICS))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (value or 0)
+    return dict(sorted(out.items()))
 
 
 # --------------------------------------------------------------------------- output folder policy

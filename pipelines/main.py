@@ -77,9 +77,13 @@ def run(argv: list[str] | None = None) -> dict:
     log.info("building recipe %r into %s (%s)", recipe.name, out_dir, mode)
 
     t0 = time.perf_counter()
-    with beam.Pipeline(options=opts) as p:
-        build.build(p, recipe, out_dir)
+    p = beam.Pipeline(options=opts)
+    build.build(p, recipe, out_dir)
+    result = p.run()
+    result.wait_until_finish()
     seconds = time.perf_counter() - t0
+    log.info("Beam counters (%s): %s", build.METRICS,
+             ", ".join(f"{k}={v}" for k, v in build.progress_counters(result).items()))
 
     from pipelines.shards import join, read_bytes
 
