@@ -163,6 +163,61 @@ def test_crash_midway_then_resume_gives_identical_output(demo_build, tmp_path, m
         assert os.stat(p).st_mtime_ns == mtime
 
 
+_SLOW_BUILD = """
+import sys, time
+from pipelines import shards
+original = shards._write_tar
+
+def slow_write_tar(f, samples):
+    def slowly():
+        for s in samples:
+            time.sleep(0.02)  # keep each shard's temporary file open long enough to be killed in
+            yield s
+    return original(f, slowly())
+
+shards._write_tar = slow_write_tar
+from pipelines.main import run
+run(sys.argv[1:])
+"""
+
+
+def test_sigkill_midway_leaves_no_incomplete_shard_and_resumes(tmp_path):
+    """A real ``kill -9`` while a shard is being written: nothing under a final name is
+    incomplete, and rerunning the same command finishes with the uninterrupted build's bytes."""
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline_support import REPO
+
+    args = ["--recipe", DEMO_RECIPE, "--shard-max-samples", "5", "--log-level", "WARNING"]
+    target = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, *args, "--output", str(target)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(glob.glob(str(target / "*.stats.json"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "build ended before it could be killed"
+        time.sleep(0.005)
+    time.sleep(0.03)  # the next shard's temporary file is being written now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    assert glob.glob(str(target / "*.tar.tmp-*")), "the kill did not land during a shard write"
+    assert not (target / "manifest.json").exists()
+    for tar in glob.glob(str(target / "*.tar")):
+        with tarfile.open(tar) as tf:  # complete: every member readable to the end-of-archive blocks
+            assert all(tf.extractfile(m).read() is not None for m in tf.getmembers())
+        marker = tar[:-4] + ".stats.json"
+        if os.path.exists(marker):
+            assert hashlib.sha256(open(tar, "rb").read()).hexdigest() == json.load(open(marker))["sha256"]
+
+    run([*args, "--output", str(target)])
+    run([*args, "--output", str(tmp_path / "clean")])
+    assert copy_tree_bytes(target) == copy_tree_bytes(tmp_path / "clean")
+
+
 def test_rerun_of_other_recipe_refuses_without_overwrite(demo_build, demo_corpus_copy, tmp_path):
     out = tmp_path / "o"
     run(["--recipe", DEMO_RECIPE, "--output", str(out), "--log-level", "WARNING"])
