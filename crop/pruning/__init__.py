@@ -4,6 +4,7 @@ Public surface::
 
     token_layout(model_or_config, processor_outputs) -> list[SampleLayout]
     region_keep_plan(layouts, regions, image_sizes_wh=..., llava_geometry=..., budget=R) -> KeepPlan
+    llava_geometry_of(image_processor) -> "center_crop" | "pad_square" | "resize"
     keep_all_plan(layouts) -> KeepPlan
     attach_ilp(model, plan, layer=2) -> PruneHandle         (handle.remove() / with-block)
     attach_fastv(model, layouts, budget, layer=2) -> FastVHandle
@@ -18,7 +19,7 @@ from crop.pruning.fastv import FastVHandle, attach_fastv
 from crop.pruning.layout import SampleLayout, ViewGrid, token_layout
 from crop.pruning.plugin import PruneHandle, attach_ilp
 from crop.pruning.prune import prune_inputs
-from crop.pruning.region_map import KeepPlan, budget_rect, keep_all_plan, region_keep_plan
+from crop.pruning.region_map import KeepPlan, budget_rect, keep_all_plan, llava_geometry_of, region_keep_plan
 
 __all__ = [
     "FastVHandle",
@@ -31,6 +32,7 @@ __all__ = [
     "budget_rect",
     "center_region",
     "keep_all_plan",
+    "llava_geometry_of",
     "prune_inputs",
     "random_region",
     "region_keep_plan",

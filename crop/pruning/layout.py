@@ -17,6 +17,7 @@ Token order per image (one "view" = one raster grid)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -92,7 +93,16 @@ def _llava_counts(config, n_images: int) -> list[tuple[int, int]]:
 
 
 def _next_image_geometry(config, image_hw: Sequence[int]) -> dict:
-    """Grid sizes of one LLaVA-NeXT image (follows the packing rule of the model, re-derived)."""
+    """Grid sizes of one LLaVA-NeXT image (follows the packing rule of the model, re-derived).
+
+    Besides the token grid (``rows`` x ``cols`` after the model's unpadding), this records where
+    the image content really lies in the stitched tiles, in pixels, as the image processor puts
+    it there: resized to ``content_px`` = (h, w) inside ``best_hw`` (one side fills it, the other
+    is ``ceil``-ed) and pasted at ``paste_px`` = ((best - content) // 2 per side). The model's
+    unpadding works in tokens with its own rounding, so part of a token row/column of padding
+    may survive, or a sliver of content be cut; :mod:`crop.pruning.region_map` maps boxes with
+    the pixel numbers, not with the token rounding.
+    """
     from transformers.image_processing_utils import select_best_resolution
 
     if config.vision_feature_select_strategy != "default":
@@ -117,6 +127,13 @@ def _next_image_geometry(config, image_hw: Sequence[int]) -> dict:
         pad = (padded_w - new) // 2
         rows, cols = padded_h, padded_w - 2 * pad
         crop_axis = "cols"
+    # Pixel placement by the image processor (get_patch_output_size + centred paste, floor).
+    scale_w, scale_h = best_w / orig_w, best_h / orig_h
+    if scale_w < scale_h:
+        content_px = (min(math.ceil(orig_h * scale_w), best_h), best_w)
+    else:
+        content_px = (best_h, min(math.ceil(orig_w * scale_h), best_w))
+    paste_px = ((best_h - content_px[0]) // 2, (best_w - content_px[1]) // 2)
     return {
         "side": side,
         "padded_hw": (padded_h, padded_w),
@@ -126,6 +143,10 @@ def _next_image_geometry(config, image_hw: Sequence[int]) -> dict:
         "crop_axis": crop_axis,
         "content": content,
         "orig_hw": (orig_h, orig_w),
+        "patch_px": int(vc.patch_size),
+        "best_hw": (int(best_h), int(best_w)),
+        "content_px": content_px,
+        "paste_px": paste_px,
     }
 
 
@@ -138,7 +159,8 @@ def _image_token_counts(family: str, config, inputs: Mapping, n_images_hint: int
 
             def build(pos, idx, side=side, extra=extra):
                 grid = pos[extra:].reshape(side, side)  # (n*n,) -> (rows, cols)
-                return [ViewGrid("llava", idx, grid, None, {"side": side})], pos[:extra]
+                geo = {"side": side, "image_size": config.vision_config.image_size}  # crop side in px
+                return [ViewGrid("llava", idx, grid, None, geo)], pos[:extra]
 
             out.append((side * side + extra, build))
     elif family == "llava_next":

@@ -82,9 +82,39 @@ def _check_attn(model: torch.nn.Module) -> None:
         )
 
 
+COMPILE_MESSAGE = (
+    "ILP / FastV hooks do not support torch.compile (the pruned layers change sequence length per "
+    "plan and the hooks keep Python state between layers); run the model uncompiled"
+)
+
+
+def _is_compiled(model: torch.nn.Module) -> bool:
+    """``torch.compile(model)``, ``model.compile()`` or a compiled ``model.forward``."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return (
+        isinstance(model, OptimizedModule)
+        or getattr(model, "_compiled_call_impl", None) is not None
+        or hasattr(getattr(model, "forward", None), "_torchdynamo_orig_callable")
+    )
+
+
+@torch.compiler.disable
+def _raise_compiled() -> None:
+    """Raise outside the traced graph.
+
+    A plain ``raise`` inside a hook that dynamo traces is not what the user sees: dynamo treats
+    it as an unhandled exception of the frame, drops the frame and re-runs it eagerly, where
+    ``is_compiling()`` is False, so the run silently continues (checked in
+    ``tests/pruning/test_ilp.py::test_torch_compile_raises``). A compiler-disabled function is
+    called through a graph break and runs eagerly, so its exception reaches the caller.
+    """
+    raise RuntimeError(COMPILE_MESSAGE)
+
+
 def _check_runtime(cache: Any) -> None:
     if torch.compiler.is_compiling():
-        raise RuntimeError("ILP hooks do not support torch.compile; run the model uncompiled")
+        _raise_compiled()
     if cache is None:
         return
     if getattr(cache, "is_compileable", False) or type(cache).__name__ != "DynamicCache":
@@ -118,6 +148,8 @@ class PruneHandle:
     """
 
     def __init__(self, model: torch.nn.Module, plan: KeepPlan | None, layer: int):
+        if _is_compiled(model):
+            raise RuntimeError(f"{COMPILE_MESSAGE}: attach to the uncompiled model")
         check_supported(model, layer)
         self.model = model
         self.layer = layer

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence, Union
 
 import numpy as np
@@ -76,13 +77,70 @@ def to_box_norm(region: RegionLike, grid: int = 8) -> BoxNorm:
     return box
 
 
+def _center_crop_px(w: float, h: float, crop: int) -> tuple[float, float, float, float]:
+    """(resized W, resized H, crop left, crop top) in pixels, as the HF image processors do it.
+
+    Shortest side -> ``crop``, the other ``int(crop * long / short)`` (truncated), then the
+    central ``crop`` square with a floored offset (PIL and torchvision backends alike).
+    """
+    if w <= h:
+        rw, rh = crop, int(crop * h / w)
+    else:
+        rw, rh = int(crop * w / h), crop
+    return float(rw), float(rh), float((rw - crop) // 2), float((rh - crop) // 2)
+
+
+def _size_field(size, key: str):
+    """``size[key]`` of a ``SizeDict`` / dict image-processor size, None when absent."""
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def llava_geometry_of(image_processor) -> str:
+    """The ``llava_geometry`` a LLaVA-1.5 image processor applies, read from its options.
+
+    ``CLIPImageProcessor`` as shipped with the llava-hf checkpoints (shortest side -> S, centre
+    crop S) is ``"center_crop"``; ``LlavaImageProcessor(do_pad=True)`` (the original LLaVA's
+    pad-to-square with the mean colour) is ``"pad_square"``; a plain resize to a square
+    (``do_center_crop=False``, ``size={"height": S, "width": S}``) is ``"resize"``. Options the
+    region mapping does not model (a crop smaller than the resized short side, no resize) raise
+    ``ValueError`` naming them. The crop side must also equal the model's
+    ``vision_config.image_size`` (otherwise the processor emits a different number of image
+    tokens, which :func:`token_layout` checks against the config).
+    """
+    ip = getattr(image_processor, "image_processor", image_processor)  # a full processor is fine
+    if not getattr(ip, "do_resize", True):
+        raise ValueError("image processor has do_resize=False: region mapping needs the resize to the tile size")
+    short = _size_field(ip.size, "shortest_edge")
+    sq_h, sq_w = _size_field(ip.size, "height"), _size_field(ip.size, "width")
+    crop = (_size_field(ip.crop_size, "height"), _size_field(ip.crop_size, "width"))
+    crops = bool(getattr(ip, "do_center_crop", False))
+    side = short if short is not None else (sq_h if sq_h == sq_w else None)
+    if crops and (side is None or crop != (side, side)):
+        raise ValueError(
+            f"image processor resizes to size={dict(ip.size) if isinstance(ip.size, dict) else ip.size} and "
+            f"centre-crops to {crop}: only a crop equal to the resized short side is supported"
+        )
+    if getattr(ip, "do_pad", False):
+        return "pad_square"
+    if crops:
+        return "center_crop"
+    if sq_h is not None and sq_h == sq_w:
+        return "resize"
+    raise ValueError(f"image processor size {ip.size} without a centre crop does not give a square tile")
+
+
 def map_box_to_view(
     box: BoxNorm, view: ViewGrid, image_wh: tuple[int, int] | None, llava_geometry: str = "center_crop"
 ) -> BoxNorm:
     """Normalized box on the original image -> normalized box on this view's token grid.
 
     The result may extend beyond [0, 1] (e.g. outside a centre crop); the mask rule ignores
-    those parts.
+    those parts. Views from :func:`crop.pruning.layout.token_layout` carry pixel sizes, and the
+    mapping then follows the processors' integer arithmetic exactly (checked against the real
+    processor classes in ``tests/pruning/test_real_processors.py``); hand-built views without
+    them fall back to the continuous formulas.
     """
     x1, y1, x2, y2 = box
     if view.kind in ("next_base", "qwen"):
@@ -98,6 +156,12 @@ def map_box_to_view(
             ox, oy = (s - w) // 2, (s - h) // 2  # original LLaVA expand2square does)
             return ((x1 * w + ox) / s, (y1 * h + oy) / s, (x2 * w + ox) / s, (y2 * h + oy) / s)
         if llava_geometry == "center_crop":
+            crop = view.geometry.get("image_size")
+            if crop is not None:  # exact pixels: resized size, then a floored crop offset
+                rw, rh, left, top = _center_crop_px(w, h, int(crop))
+                sx, sy = rw / crop, rh / crop  # resized size in crop sides
+                ox, oy = left / crop, top / crop  # crop offset in crop sides
+                return (x1 * sx - ox, y1 * sy - oy, x2 * sx - ox, y2 * sy - oy)
             # shortest side -> S, then the central S x S square; in units of the crop side:
             short = min(w, h)
             rw, rh = w / short, h / short  # resized size / S
@@ -106,6 +170,19 @@ def map_box_to_view(
         raise ValueError(f"llava_geometry {llava_geometry!r} not in {LLAVA_GEOMETRIES}")
     if view.kind == "next_highres":
         g = view.geometry
+        if "content_px" in g:  # exact: pixels of the letterboxed tiles -> tokens -> unpadded grid
+            p = g["patch_px"]
+            (ch, cw), (py, px) = g["content_px"], g["paste_px"]
+            cut_r = g["pad"] if g["crop_axis"] == "rows" else 0  # token rows / cols the model cut
+            cut_c = g["pad"] if g["crop_axis"] == "cols" else 0
+
+            def fx(x: float) -> float:
+                return ((px + x * cw) / p - cut_c) / g["cols"]
+
+            def fy(y: float) -> float:
+                return ((py + y * ch) / p - cut_r) / g["rows"]
+
+            return (fx(x1), fy(y1), fx(x2), fy(y2))
         ph, pw = g["padded_hw"]
         if g["crop_axis"] == "rows":  # content letterboxed vertically, centred, `pad` rows cut
             off = (ph - g["content"]) / 2 - g["pad"]
@@ -113,6 +190,25 @@ def map_box_to_view(
         off = (pw - g["content"]) / 2 - g["pad"]
         return ((off + x1 * g["content"]) / g["cols"], y1, (off + x2 * g["content"]) / g["cols"], y2)
     raise ValueError(f"unknown view kind {view.kind!r}")
+
+
+def extend_through_padding(box: BoxNorm, mapped: BoxNorm) -> BoxNorm:
+    """Box edges lying on the image border are pushed to the view's border.
+
+    Padding that a processor adds next to the image (pad-to-square bands, the letterbox rows
+    LLaVA-NeXT's unpadding leaves) shows nothing, but it is part of the view; a box touching an
+    image edge keeps the padding on that side, so the whole-image region keeps every token and
+    ILP is then the identity. An edge inside the image is untouched, and so is an edge that
+    lies outside the view already (centre crop): ``min``/``max`` only ever enlarge the box.
+    """
+    x1, y1, x2, y2 = box
+    m1, n1, m2, n2 = mapped
+    return (
+        min(m1, 0.0) if x1 <= 0.0 else m1,
+        min(n1, 0.0) if y1 <= 0.0 else n1,
+        max(m2, 1.0) if x2 >= 1.0 else m2,
+        max(n2, 1.0) if y2 >= 1.0 else n2,
+    )
 
 
 def budget_rect(box: BoxNorm, grid_hw: tuple[int, int], budget: int) -> np.ndarray:
@@ -145,9 +241,23 @@ def budget_rect(box: BoxNorm, grid_hw: tuple[int, int], budget: int) -> np.ndarr
     return mask
 
 
+def _snap(v: float, n: int) -> float | Fraction:
+    """A coordinate within 1e-9 token of a cell boundary -> that boundary, exactly.
+
+    Float noise of the mapping (``0.4 * 5 = 2.0000000000000004``) must not add a row or column
+    under the positive-overlap rule, so the boundary is returned as a ``Fraction`` (``2/5`` has
+    no exact float).
+    """
+    t = v * n
+    return Fraction(round(t), n) if abs(t - round(t)) < 1e-9 else v
+
+
 def _view_mask(box_v: BoxNorm, view: ViewGrid, budget: int | None) -> np.ndarray:
     if budget is None:
-        return box_norm_token_mask(box_v, view.grid_hw)
+        rows, cols = view.grid_hw
+        x1, y1, x2, y2 = box_v
+        snapped = (_snap(x1, cols), _snap(y1, rows), _snap(x2, cols), _snap(y2, rows))
+        return box_norm_token_mask(snapped, view.grid_hw)
     return budget_rect(box_v, view.grid_hw, budget)
 
 
@@ -193,7 +303,10 @@ def region_keep_plan(
             wh = image_sizes_wh[img] if image_sizes_wh is not None else None
             budgets = _split_budget(budget, views) if budget is not None else [None] * len(views)
             for view, bud in zip(views, budgets):
-                m = _view_mask(map_box_to_view(box, view, wh, llava_geometry), view, bud)  # (rows, cols)
+                mapped = map_box_to_view(box, view, wh, llava_geometry)
+                if bud is None:  # exact region: a box on the image border keeps the padding beyond
+                    mapped = extend_through_padding(box, mapped)
+                m = _view_mask(mapped, view, bud)  # (rows, cols)
                 for p in view.positions[m]:
                     keep[pos_to_idx[int(p)]] = True
                 if view.newline_positions is not None:

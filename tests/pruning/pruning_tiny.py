@@ -115,3 +115,118 @@ def _next_cfg():
 
 
 _NEXT_CFG = _next_cfg()
+
+
+# ----------------------------------------------------------------------------- real processors
+# Tiny models sized for the REAL processors (tests/pruning/test_real_processors.py). The vision
+# tile is 16 px with 2-px patches, i.e. an 8x8 token grid per view: a one-token tolerance in the
+# region tests is then 1/8 of the image side, not 1/4 as with the 8-px models above, while the
+# models stay as small (the vision tower runs on 16x16 images).
+PROC_TILE = 16
+PROC_PATCH = 2
+PROC_PINPOINTS = [[16, 32], [32, 16], [32, 32], [16, 48], [48, 16]]  # 1:2, 2:1, 2x2, 1:3, 3:1 tiles
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 8 * 8, 40 * 40  # smart_resize bounds: at most 100 merged tokens
+IMAGE_TOKENS = {"llava": "<image>", "llava_next": "<image>", "qwen2_vl": "<|image_pad|>"}
+
+
+def build_proc_model(family: str, attn: str = "sdpa", seed: int = 0, strategy: str = "default"):
+    """Tiny random model whose vision side matches :func:`build_processor` (16-px tiles, 2-px patches)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if family in ("llava", "llava_next"):
+        vc = tf.CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=PROC_TILE, patch_size=PROC_PATCH, projection_dim=32,
+        )
+        common = dict(vision_config=vc, text_config=tf.LlamaConfig(**TEXT), image_token_id=IMG,
+                      vision_feature_select_strategy=strategy)
+        if family == "llava":
+            model = tf.LlavaForConditionalGeneration(tf.LlavaConfig(**common))
+        else:
+            cfg = tf.LlavaNextConfig(**common, image_grid_pinpoints=PROC_PINPOINTS)
+            model = tf.LlavaNextForConditionalGeneration(cfg)
+        model.set_attn_implementation(attn)
+        model.generation_config.pad_token_id = 0
+        return model.eval()
+    if family == "qwen2_vl":
+        return build_model("qwen2_vl", attn, seed)  # already patch 2 / merge 2 / temporal 2
+    raise ValueError(family)
+
+
+def build_tokenizer(image_token: str = "<image>"):
+    """In-memory word-level tokenizer: words ``w0``..``w79`` (ids 2..81), specials at 96..99.
+
+    The image token is id 99 (``IMG``) and is an added special token, so the processors'
+    expansion ``<image><image>...`` (no spaces) splits into one id per placeholder.
+    """
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": 2 + i for i in range(80)}}
+    specials = {"<|vision_end|>": 96, "<|vision_start|>": 97, "<|video_pad|>": 98, image_token: IMG}
+    vocab.update(specials)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", padding_side="left")
+
+
+def _qwen_processor_class():
+    """``Qwen2VLProcessor`` without its video processor.
+
+    Its constructor type-checks a video processor, and every video processor class needs
+    torchvision, which this environment lacks. The subclass only drops that constructor slot
+    (``ProcessorMixin`` reads the slots from the ``__init__`` signature); the text expansion and
+    image processing are the real class's code.
+    """
+    from transformers import Qwen2VLProcessor
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    return ImageOnlyQwen2VLProcessor
+
+
+def build_processor(family: str, geometry: str = "center_crop", strategy: str = "default", extra_tokens: int = 1):
+    """The real processor class of ``family`` over :func:`build_tokenizer` (PIL image backends).
+
+    LLaVA-1.5 ``geometry``: ``"center_crop"`` (``CLIPImageProcessor``, what the llava-hf checkpoints
+    ship), ``"pad_square"`` (``LlavaImageProcessor(do_pad=True)``, the original LLaVA expand-to-square
+    with the mean colour), ``"resize"`` (no crop, plain resize to the tile). ``extra_tokens`` is the
+    processor's ``num_additional_image_tokens`` (1 for CLIP's CLS, as in the real checkpoints).
+    """
+    import transformers as tf
+
+    tok = build_tokenizer(IMAGE_TOKENS[family])
+    square = {"height": PROC_TILE, "width": PROC_TILE}
+    if family == "llava":
+        if geometry == "center_crop":
+            ip = tf.CLIPImageProcessorPil(size={"shortest_edge": PROC_TILE}, crop_size=square)
+        elif geometry == "pad_square":
+            ip = tf.LlavaImageProcessorPil(size={"shortest_edge": PROC_TILE}, crop_size=square, do_pad=True)
+        elif geometry == "resize":
+            ip = tf.LlavaImageProcessorPil(size=square, do_center_crop=False)
+        else:
+            raise ValueError(geometry)
+        return tf.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=PROC_PATCH,
+                                 vision_feature_select_strategy=strategy, num_additional_image_tokens=extra_tokens)
+    if family == "llava_next":
+        ip = tf.LlavaNextImageProcessorPil(size={"shortest_edge": PROC_TILE}, crop_size=square,
+                                           image_grid_pinpoints=PROC_PINPOINTS)
+        return tf.LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=PROC_PATCH,
+                                     vision_feature_select_strategy=strategy, num_additional_image_tokens=extra_tokens)
+    if family == "qwen2_vl":
+        ip = tf.Qwen2VLImageProcessorPil(patch_size=2, merge_size=2, temporal_patch_size=2,
+                                         min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
+        return _qwen_processor_class()(image_processor=ip, tokenizer=tok)
+    raise ValueError(family)
+
+
+def prompt(family: str, words: str = "w1 w2 w3") -> str:
+    """One image placeholder followed by text (Qwen2-VL wraps it in its vision start/end tokens)."""
+    img = IMAGE_TOKENS[family]
+    if family == "qwen2_vl":
+        img = "<|vision_start|>" + img + "<|vision_end|>"
+    return f"w5 w6 {img} {words}"

@@ -240,3 +240,43 @@ def test_unsupported_settings_raise():
     model.generation_config.cache_implementation = "static"
     with pytest.raises(ValueError, match="cache_implementation"):
         attach_ilp(model, plan, layer=K)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_raises(backend):
+    """Compiling a model with ILP attached gives the clear RuntimeError, not a silent run.
+
+    A plain ``raise`` in the traced hook used to be swallowed: dynamo dropped the frame, re-ran
+    it eagerly (``is_compiling()`` False there) and the call returned normally.
+    """
+    import torch._dynamo
+
+    model = build_model("llava", "sdpa")
+    x = build_inputs("llava")
+    plan = region_keep_plan(token_layout(model, x), [Region(2, 1, 5, 4)], llava_geometry="resize")
+    with torch.no_grad():
+        base = model(**x).logits
+    handle = attach_ilp(model, plan, layer=K)
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="do not support torch.compile"):
+            torch.compile(model, backend=backend)(**x)
+    finally:
+        handle.remove()
+        torch._dynamo.reset()
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, base)  # detached and uncompiled: unchanged
+
+
+def test_attach_to_compiled_model_raises():
+    model = build_model("llava", "sdpa")
+    plan = keep_all_plan(token_layout(model, build_inputs("llava")))
+    with pytest.raises(RuntimeError, match="attach to the uncompiled model"):
+        attach_ilp(torch.compile(model, backend="eager"), plan, layer=K)
+    fwd = model.forward
+    model.forward = torch.compile(fwd, backend="eager")
+    with pytest.raises(RuntimeError, match="attach to the uncompiled model"):
+        attach_ilp(model, plan, layer=K)
+    model.forward = fwd
+    model.compile(backend="eager")
+    with pytest.raises(RuntimeError, match="attach to the uncompiled model"):
+        attach_ilp(model, plan, layer=K)
