@@ -258,12 +258,8 @@ def _read_image(root: str, cand: dict) -> tuple[str, bytes]:
         tried.append(path)
         try:
             return rel, io_.read_bytes(path)
-        except (FileNotFoundError, OSError, IOError):
-            continue
-        except Exception as e:  # noqa: BLE001 - Beam wraps missing files in BeamIOError
-            if "not found" in str(e).lower() or "no such file" in str(e).lower():
-                continue
-            raise
+        except FileNotFoundError:  # read_bytes maps a missing object on any filesystem to this;
+            continue  # other I/O errors fail the build rather than become a missing_image reject
     raise Rejected(STAGE_IMAGE, "missing_image", "image not found at " + " or ".join(tried))
 
 
@@ -304,10 +300,13 @@ class WriteShardFn(beam.DoFn):
     def setup(self):
         self.progress = _Progress()
 
-    def process(self, kv, selection) -> Iterator[dict]:
+    def process(self, kv, selection=None) -> Iterator[dict]:
+        """``selection`` (the Select side input) only serves the "shard i of N" log line."""
         index, cands = kv
         shard = io_.shard_file_name(self.recipe.shard_name, index)
-        of = f"shard {index + 1} of {shard_count(selection, self.recipe.shard_max_samples)}"
+        of = f"shard {index + 1}"
+        if selection is not None:
+            of += f" of {shard_count(selection, self.recipe.shard_max_samples)}"
         stats_path = io_.join(self.out_dir, io_.stats_file_name(shard))
         if io_.exists(stats_path) and io_.exists(io_.join(self.out_dir, shard)):
             log.info("%s (%s) already complete, skipped", shard, of)
@@ -349,6 +348,13 @@ class WriteShardFn(beam.DoFn):
             # Object stores have high latency per read: overlap reads in I/O threads. Local files
             # come from disk or page cache fast enough that thread hand-offs cost more than they save.
             fetched = prefetch(fetch, cands) if not io_.is_local(r.inputs.image_root) else map(fetch, cands)
+            try:
+                yield from finalized(fetched)
+            finally:  # on any error, stop the prefetch threads now, not at garbage collection
+                if hasattr(fetched, "close"):
+                    fetched.close()
+
+        def finalized(fetched) -> Iterator:
             for c, (rel, data) in zip(cands, fetched):
                 try:
                     if isinstance(rel, Rejected):
@@ -390,12 +396,9 @@ def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read
     io_.atomic_write(io_.join(out_dir, "rejects.jsonl"),
                      "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in all_rejects).encode())
     io_.write_json(io_.join(out_dir, "stats.json"), stats)
-    try:
-        from crop.data.card import write_card
-    except ImportError:  # pragma: no cover - the card module ships with the package
-        log.warning("crop.data.card is not available: no dataset card written")
-    else:
-        write_card(out_dir, manifest, stats, recipe.to_dict())
+    from crop.data.card import CARD_NAME, render_card  # written through Beam's FileSystems, not fsspec
+
+    io_.atomic_write(io_.join(out_dir, CARD_NAME), render_card(manifest, stats, recipe.to_dict()).encode("utf-8"))
     io_.write_json(io_.join(out_dir, "manifest.json"), manifest)  # last: the build is complete
     return manifest["totals"]["samples"]
 
@@ -458,9 +461,7 @@ def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
     A folder built from the same recipe and unchanged inputs resumes; anything else is refused
     unless ``overwrite`` is set."""
     fingerprint = build_fingerprint(recipe)
-    existing = []
-    if FileSystems.exists(out_dir):
-        existing = [m.path for m in FileSystems.match([io_.join(out_dir, "*")])[0].metadata_list]
+    existing = io_.list_files(out_dir)  # no exists(out_dir): object stores have no folder objects
     fp_path = io_.join(out_dir, BUILD_FILE)
     if existing and overwrite:
         FileSystems.delete(existing)

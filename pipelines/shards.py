@@ -12,6 +12,7 @@ rerun skips every shard whose stats file exists.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import tempfile
 import uuid
 from typing import Iterable
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 TAR_MTIME = 0
@@ -49,11 +51,24 @@ def exists(path: str) -> bool:
 
 
 def read_bytes(path: str) -> bytes:
+    """The raw bytes of ``path``; raises ``FileNotFoundError`` when it does not exist.
+
+    Object-store clients report a missing object in their own words (GCS: ``NotFound`` "404 ...
+    No such object", not an ``OSError``; HDFS: "File does not exist"), so a failed remote read is
+    checked with ``exists`` and turned into ``FileNotFoundError``: callers can tell a missing
+    file (a reject) from any other failure (which must fail the build, not become a reject).
+    Never decompressed, whatever the name ends with (local reads are raw too).
+    """
     if is_local(path):  # plain open: no Beam wrapper layers per image on the hot path
         with open(path, "rb") as f:
             return f.read()
-    with FileSystems.open(path) as f:
-        return f.read()
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return f.read()
+    except Exception as e:  # noqa: BLE001 - re-raised unless the object is simply missing
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "no such file or object", path) from e
+        raise
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -116,6 +131,10 @@ class _BatchedSink:
             self._last = self._pool.submit(self.sha.update, chunk)
             self.f.write(chunk)
 
+    def abort(self) -> None:
+        """Stop the hashing thread (idempotent; a no-op after :meth:`close`)."""
+        self._pool.shutdown(wait=True)
+
     def close(self) -> str:
         self._flush()
         self._pool.shutdown(wait=True)
@@ -144,15 +163,24 @@ def _write_tar(f, samples: Iterable[tuple[str, dict, bytes | None, str | None]])
     ``<key>.jpg`` < ``<key>.json`` < the next key).
     """
     sink = _BatchedSink(f)
-    for key, record, data, ext in samples:
-        members = {"json": json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")}
-        if data is not None:
-            members[ext] = data
-        for ext_, payload in sorted(members.items()):
-            sink.write(_member(f"{key}.{ext_}", payload))
-    sink.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-    sink.write(tarfile.NUL * (-sink.size % tarfile.RECORDSIZE))
-    return {"bytes": sink.size, "sha256": sink.close()}
+    try:
+        for key, record, data, ext in samples:
+            members = {"json": json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")}
+            if data is not None:
+                members[ext] = data
+            for ext_, payload in sorted(members.items()):
+                sink.write(_member(f"{key}.{ext_}", payload))
+        sink.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        sink.write(tarfile.NUL * (-sink.size % tarfile.RECORDSIZE))
+        return {"bytes": sink.size, "sha256": sink.close()}
+    finally:
+        # On an error, stop the hashing thread now and close the samples generator here, in this
+        # thread: left to the garbage collector, a suspended generator's cleanup (a thread pool
+        # shutdown that joins threads) can run inside threading's own bookkeeping and deadlock.
+        sink.abort()
+        close = getattr(samples, "close", None)
+        if close is not None:
+            close()
 
 
 def write_shard(path: str, samples: Iterable[tuple[str, dict, bytes | None, str | None]]) -> dict:
@@ -179,10 +207,16 @@ def write_shard(path: str, samples: Iterable[tuple[str, dict, bytes | None, str 
     return info
 
 
+def list_files(folder: str, pattern: str = "*") -> list[str]:
+    """Sorted paths of the files directly in ``folder`` whose names match ``pattern``.
+
+    Works the same on local folders and object stores: no ``exists(folder)`` check first, because
+    an object store has no folder objects (GCS/S3 ``exists("gs://b/out")`` is False even when
+    ``gs://b/out/x`` exists). A folder that does not exist gives ``[]``; a failing listing raises.
+    """
+    return sorted(m.path for m in FileSystems.match([join(folder, pattern)])[0].metadata_list)
+
+
 def list_stale_temp_files(folder: str) -> list[str]:
     """Temporary files left by a killed run (safe to delete before resuming)."""
-    pattern = join(folder, f"*{TMP_MARK}*")
-    try:
-        return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception:  # noqa: BLE001 - nothing matched
-        return []
+    return list_files(folder, f"*{TMP_MARK}*")

@@ -8,8 +8,9 @@ the card declares every column: ``__key__``, ``__url__``, ``json`` (the contract
 :func:`crop.contract.sample_features`) and one ``Image`` column per allowed image extension. A
 sample fills the column of its own extension; the others are null.
 
-The pipeline calls :func:`write_card` at the end of every build; ``crop card <folder>`` rewrites
-the card from the folder's ``manifest.json`` and ``stats.json``. Pure Python: no Beam. The
+The pipeline writes :func:`render_card`'s text at the end of every build through Beam's
+FileSystems (so gs://, s3://, hdfs:// outputs get a card too); ``crop card <folder>`` rewrites the
+card of a local or fsspec folder from its ``manifest.json`` and ``stats.json``. Pure Python: no Beam. The
 per-source names, terms and citations live in :mod:`crop.data.card_sources`.
 """
 
