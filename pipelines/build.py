@@ -287,7 +287,16 @@ class _Progress:
 
 
 class WriteShardFn(beam.DoFn):
-    """Read the images of one shard, finalize its records, write the tar and its stats marker."""
+    """Read the images of one shard, finalize its records, write the tar and its stats marker.
+
+    Committing a shard (fsync + rename, or the upload to an object store, then the stats marker)
+    is I/O wait, so it runs on one background thread while the next shard of the bundle is being
+    tarred; at most ``MAX_PENDING`` commits wait, and ``finish_bundle`` emits the last ones. The
+    order per shard is unchanged (tar durable under its final name, then its marker), so crash
+    safety and resume are as before. Counters and log lines are updated in the bundle's thread.
+    """
+
+    MAX_PENDING = 2
 
     def __init__(self, recipe: Recipe, out_dir: str):
         self.recipe, self.out_dir = recipe, out_dir
@@ -298,7 +307,18 @@ class WriteShardFn(beam.DoFn):
         self.rejected = beam.metrics.Metrics.counter(METRICS, "rejected")
 
     def setup(self):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         self.progress = _Progress()
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crop-commit")
+        self._pending: deque = deque()  # (future of _commit, "shard i of N") in submission order
+
+    def teardown(self):
+        self._committer.shutdown(wait=True)
+
+    def start_bundle(self):
+        self._pending.clear()
 
     def process(self, kv, selection=None) -> Iterator[dict]:
         """``selection`` (the Select side input) only serves the "shard i of N" log line."""
@@ -313,17 +333,60 @@ class WriteShardFn(beam.DoFn):
             self.shards_skipped.inc()
             yield json.loads(io_.read_bytes(stats_path))
             return
-        self.progress.start()
-        stats = self._write(shard, stats_path, cands)
-        self.samples_written.inc(stats["samples"])
-        self.shards_written.inc()
-        self.bytes_written.inc(stats["bytes"])
-        self.rejected.inc(len(stats["rejects"]))
-        log.info("wrote %s (%s): %d samples, %.1f MB, %d rejected; %s", shard, of, stats["samples"],
-                 stats["bytes"] / 1e6, len(stats["rejects"]), self.progress.done(stats["samples"]))
-        yield stats
+        try:
+            yield from self._committed(block=False)
+            self.progress.start()
+            pending, stats = self._write(shard, cands)
+            self._pending.append((self._committer.submit(self._commit, pending, stats_path, stats), of))
+            while len(self._pending) > self.MAX_PENDING:
+                yield from self._committed(block=True, limit=1)
+        except BaseException:
+            self._abandon()
+            raise
 
-    def _write(self, shard: str, stats_path: str, cands) -> dict:
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        try:
+            for stats in self._committed(block=True):
+                yield GlobalWindows.windowed_value(stats)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _committed(self, block: bool, limit: int | None = None) -> Iterator[dict]:
+        """Stats of finished commits, oldest first (waiting for them when ``block``)."""
+        n = 0
+        while self._pending and (block or self._pending[0][0].done()) and (limit is None or n < limit):
+            future, of = self._pending.popleft()
+            stats = future.result()  # re-raises a failed commit here, in the bundle's thread
+            n += 1
+            self.samples_written.inc(stats["samples"])
+            self.shards_written.inc()
+            self.bytes_written.inc(stats["bytes"])
+            self.rejected.inc(len(stats["rejects"]))
+            log.info("wrote %s (%s): %d samples, %.1f MB, %d rejected; %s", stats["shard"], of, stats["samples"],
+                     stats["bytes"] / 1e6, len(stats["rejects"]), self.progress.done(stats["samples"]))
+            yield stats
+
+    def _abandon(self) -> None:
+        """On a failing bundle: let running commits finish (each leaves a complete shard or only
+        a temporary file), so no thread still writes into the output when the error surfaces."""
+        while self._pending:
+            future, _ = self._pending.popleft()
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - the bundle's own error is the one re-raised
+                pass
+
+    @staticmethod
+    def _commit(pending: io_.PendingShard, stats_path: str, stats: dict) -> dict:
+        pending.commit()
+        io_.write_json(stats_path, stats)  # written last: marks the shard complete
+        return stats
+
+    def _write(self, shard: str, cands) -> tuple[io_.PendingShard, dict]:
+        """Tar the shard to a temporary file; returns it (not yet committed) and its stats."""
         r = self.recipe
         cands = sorted(cands, key=lambda c: (c["key"], c["source_file"], c["line"]))
         dups = duplicate_flags(cands)
@@ -369,13 +432,12 @@ class WriteShardFn(beam.DoFn):
                 summary.add_sample(sample_stats, rec, info or c["boxes_info"])
                 yield rec["key"], rec, data, ext
 
-        info = io_.write_shard(io_.join(self.out_dir, shard), samples())
+        pending = io_.begin_shard(io_.join(self.out_dir, shard), samples())
         stats = {"schema_version": summary.SCHEMA_VERSION, "shard": shard,
-                 "samples": sum(per_source.values()), **info,
+                 "samples": sum(per_source.values()), **pending.info,
                  "per_source": dict(sorted(per_source.items())), "per_kind": dict(sorted(per_kind.items())),
                  "rejects": rejects, "sample_stats": sample_stats}
-        io_.write_json(stats_path, stats)  # written last: marks the shard complete
-        return stats
+        return pending, stats
 
 
 def checksum(spec: tuple[str, str, str]) -> dict:

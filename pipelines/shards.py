@@ -5,8 +5,8 @@ owner fields, so the same samples give the same bytes whatever
 the runner, worker count or run.
 
 Crash safety: a shard is written under a temporary name, fsynced (local files), then renamed to
-its final name; its ``.stats.json`` is written the same way *afterwards* and marks the shard
-complete. A killed run therefore never leaves an incomplete file under a final shard name, and a
+its final name (:class:`PendingShard`); its ``.stats.json`` is written the same way *afterwards*
+and marks the shard complete. A killed run therefore never leaves an incomplete file under a final shard name, and a
 rerun skips every shard whose stats file exists.
 """
 
@@ -81,11 +81,7 @@ def atomic_write(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path)
     else:  # object stores: the upload becomes visible only when closed, then renamed
         with FileSystems.create(tmp) as f:
             f.write(data)
@@ -183,28 +179,78 @@ def _write_tar(f, samples: Iterable[tuple[str, dict, bytes | None, str | None]])
             close()
 
 
+class PendingShard:
+    """A shard whose tar is fully written to a temporary place but not yet under its final name.
+
+    ``commit()`` makes it durable and visible: local files are fsynced, renamed and their folder
+    fsynced; for object stores the local spool file is uploaded to a temporary object that is then
+    renamed. Committing is pure I/O wait, so the writer hands it to a background thread and tars
+    the next shard meanwhile (see ``pipelines.build.WriteShardFn``). Until ``commit()`` returns,
+    nothing exists under the final name; ``discard()`` removes the temporary data.
+    """
+
+    def __init__(self, path: str, tmp: str, info: dict):
+        self.path, self.tmp, self.info = path, tmp, info
+
+    def commit(self) -> dict:
+        if is_local(self.path):
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # fsync flushes the file's dirty pages whichever descriptor asks
+            finally:
+                os.close(fd)
+            os.replace(self.tmp, self.path)
+            _fsync_dir(self.path)
+        else:
+            remote_tmp = f"{self.path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+            try:
+                with open(self.tmp, "rb") as local, FileSystems.create(remote_tmp) as out:
+                    shutil.copyfileobj(local, out, 1 << 22)
+            finally:
+                os.unlink(self.tmp)
+            FileSystems.rename([remote_tmp], [self.path])
+        return self.info
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: str) -> None:
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def begin_shard(path: str, samples: Iterable[tuple[str, dict, bytes | None, str | None]]) -> PendingShard:
+    """Write the tar of ``samples`` to a temporary file (next to ``path`` when local, a local spool
+    file for object stores); :meth:`PendingShard.commit` then puts it under ``path``."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+    else:
+        fd, tmp = tempfile.mkstemp(prefix="crop-shard-", suffix=".tar")
+        os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            info = _write_tar(f, samples)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return PendingShard(path, tmp, info)
+
+
 def write_shard(path: str, samples: Iterable[tuple[str, dict, bytes | None, str | None]]) -> dict:
     """Stream ``(key, record, image_bytes, ext)`` samples (sorted by key) into a tar at ``path``.
 
     Members: ``<key>.json`` (the record, sorted keys, UTF-8) and ``<key>.<ext>`` (the original
     image bytes) when the sample has an image. Returns ``{"bytes", "sha256"}`` of the tar.
     """
-    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
-    if is_local(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, "wb") as f:
-            info = _write_tar(f, samples)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return info
-    with tempfile.TemporaryFile() as local:
-        info = _write_tar(local, samples)
-        local.seek(0)
-        with FileSystems.create(tmp) as out:
-            shutil.copyfileobj(local, out, 1 << 22)
-    FileSystems.rename([tmp], [path])
-    return info
+    return begin_shard(path, samples).commit()
 
 
 def list_files(folder: str, pattern: str = "*") -> list[str]:

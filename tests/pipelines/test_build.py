@@ -119,7 +119,6 @@ def test_two_runs_are_byte_identical(demo_build, tmp_path):
     assert copy_tree_bytes(out) == copy_tree_bytes(tmp_path / "again")
 
 
-@pytest.mark.slow
 def test_multi_processing_matches_in_memory(demo_build, tmp_path):
     out, _ = demo_build
     run(["--recipe", DEMO_RECIPE, "--output", str(tmp_path / "mp"), "--log-level", "WARNING",
@@ -139,10 +138,10 @@ def test_crash_midway_then_resume_gives_identical_output(demo_build, tmp_path, m
     target = tmp_path / "crash"
     original = build.WriteShardFn._write
 
-    def crash_on_shard_2(self, shard, stats_path, cands):
+    def crash_on_shard_2(self, shard, cands):
         if shard.endswith("000002.tar"):
             raise RuntimeError("simulated worker death")
-        return original(self, shard, stats_path, cands)
+        return original(self, shard, cands)
 
     monkeypatch.setattr(build.WriteShardFn, "_write", crash_on_shard_2)
     with pytest.raises(Exception, match="simulated worker death"):
@@ -161,6 +160,32 @@ def test_crash_midway_then_resume_gives_identical_output(demo_build, tmp_path, m
     assert copy_tree_bytes(out) == copy_tree_bytes(target)
     for p, mtime in done_before.items():  # completed shards were skipped, not rewritten
         assert os.stat(p).st_mtime_ns == mtime
+
+
+def test_failing_background_commit_fails_the_build_and_resumes(demo_build, tmp_path, monkeypatch):
+    """Commits (fsync + rename + marker) run on a background thread: a failing one must still
+    fail the build, leave nothing under that shard's final name, and be redone on resume."""
+    from pipelines import shards
+
+    out, _ = demo_build
+    target = tmp_path / "commit"
+    original = shards.PendingShard.commit
+
+    def commit_failing_on_shard_1(self):
+        if self.path.endswith("000001.tar"):
+            raise OSError("simulated disk error during fsync")
+        return original(self)
+
+    monkeypatch.setattr(shards.PendingShard, "commit", commit_failing_on_shard_1)
+    with pytest.raises(Exception, match="simulated disk error"):
+        run(["--recipe", DEMO_RECIPE, "--output", str(target), "--log-level", "WARNING"])
+    assert not (target / "crop-demo-000001.tar").exists()
+    assert not (target / "crop-demo-000001.stats.json").exists()
+    assert glob.glob(str(target / "crop-demo-000001.tar.tmp-*"))  # the uncommitted tar, for resume to clean
+    assert not (target / "manifest.json").exists()
+    monkeypatch.setattr(shards.PendingShard, "commit", original)
+    run(["--recipe", DEMO_RECIPE, "--output", str(target), "--log-level", "WARNING"])
+    assert copy_tree_bytes(out) == copy_tree_bytes(target)
 
 
 _SLOW_BUILD = """
