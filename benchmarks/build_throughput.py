@@ -12,10 +12,10 @@ records), then runs, each in its own subprocess so peak memory is its own:
   ``webdataset.TarWriter`` (no dedup, caps or mixing: the minimum a builder must do).
 
 Both are run ``--reps`` times (rounded up to even) in ABBA order: loop, pipeline, pipeline, loop,
-... On this machine a run is measurably slower right after a run of the *other* mode (its program
-files are colder; per-rep ratios alternate between ~0.87 and ~1.2), so each mode is measured
-equally often after each mode, and the headline ratio is the geometric mean of the per-rep
-pipeline/loop wall ratios, in which that order effect cancels. Also printed: samples/s, MB/s,
+... On the project's shared machines a run is often 10-35% slower (CPU time included) right after a
+run of the *other* mode, so per-rep ratios swing with the run order (0.73-1.41 seen). ABBA order
+measures each mode equally often after each mode, and the headline ratio is the geometric mean of
+the per-rep pipeline/loop wall ratios, in which that order effect cancels. Also printed: samples/s, MB/s,
 CPU seconds and peak RSS (medians over reps), the ratio by CPU time (user + system, all threads),
 and fastest run vs fastest run. Target: geometric-mean wall ratio >= 0.9.
 """
