@@ -186,7 +186,8 @@ class PendingShard:
     fsynced; for object stores the local spool file is uploaded to a temporary object that is then
     renamed. Committing is pure I/O wait, so the writer hands it to a background thread and tars
     the next shard meanwhile (see ``pipelines.build.WriteShardFn``). Until ``commit()`` returns,
-    nothing exists under the final name; ``discard()`` removes the temporary data.
+    nothing exists under the final name; a local temporary file left by a failed commit is
+    removed when the build resumes (``list_stale_temp_files``), a spool file by ``commit`` itself.
     """
 
     def __init__(self, path: str, tmp: str, info: dict):
@@ -210,12 +211,6 @@ class PendingShard:
                 os.unlink(self.tmp)
             FileSystems.rename([remote_tmp], [self.path])
         return self.info
-
-    def discard(self) -> None:
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _fsync_dir(path: str) -> None:
