@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import shards as io_
 from pipelines import summary
 from pipelines.finalize import finalize
-from pipelines.recipe import VISUAL_COT_SOURCES, Recipe
+from pipelines.recipe import VISUAL_COT_SOURCES, Recipe, metadata_file_names
 from pipelines.sources import (
     STAGE_DEDUP,
     STAGE_IMAGE,
@@ -55,9 +55,10 @@ def list_inputs(recipe: Recipe) -> list[tuple[str, str, str]]:
     ins, out = recipe.inputs, []
     if ins.visual_cot_dir:
         for source in sorted(recipe.sources):
-            path = io_.join(ins.visual_cot_dir, f"{source}_cot_train.jsonl")
-            if not FileSystems.exists(path):
-                raise FileNotFoundError(f"recipe source {source!r}: {path} does not exist")
+            tried = [io_.join(ins.visual_cot_dir, name) for name in metadata_file_names(source)]
+            path = next((t for t in tried if FileSystems.exists(t)), None)
+            if path is None:
+                raise FileNotFoundError(f"recipe source {source!r}: none of {', '.join(tried)} exists")
             out.append(("cot_jsonl", source, path))
     if ins.visual_cot_llava_json:
         if not FileSystems.exists(ins.visual_cot_llava_json):

@@ -33,6 +33,16 @@ VISUAL_COT_SOURCES: dict[str, tuple[str, ...]] = {
     "v7w": ("cot/v7w", "cot/visual7w"),  # both spellings occur in published files
     "vsr": ("cot/vsr",),
 }
+# Metadata file stems tried in order (``<stem>_cot_train.jsonl``): Visual-CoT names the Visual7W
+# file after the dataset (``visual7w``) while its records and our recipes use the tag ``v7w``.
+METADATA_FILE_STEMS: dict[str, tuple[str, ...]] = {"v7w": ("visual7w", "v7w")}
+
+
+def metadata_file_names(source: str) -> tuple[str, ...]:
+    """Candidate ``<stem>_cot_train.jsonl`` names of one Visual-CoT source, preferred first."""
+    return tuple(f"{stem}_cot_train.jsonl" for stem in METADATA_FILE_STEMS.get(source, (source,)))
+
+
 MULTI_BOX_POLICIES = ("union", "first", "largest")
 IMAGE_CHECKS = ("header", "full")
 
@@ -61,7 +71,7 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class Inputs:
-    visual_cot_dir: str | None = None  # folder of <source>_cot_train.jsonl files
+    visual_cot_dir: str | None = None  # folder of <source>_cot_train.jsonl files (metadata_file_names)
     visual_cot_llava_json: str | None = None  # alternative: viscot_363k.json
     llava_json: str | None = None  # llava_v1_5_mix665k.json
     image_root: str = "."

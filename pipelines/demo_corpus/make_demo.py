@@ -3,7 +3,7 @@
     python pipelines/demo_corpus/make_demo.py
 
 Writes, next to this file, a miniature of the real inputs (``shared/docs/formats.md``):
-``viscot/<source>_cot_train.jsonl`` for ten Visual-CoT sources, ``llava/llava_v1_5_mix665k.json``,
+``viscot/<source>_cot_train.jsonl`` for ten Visual-CoT sources (Visual7W as ``visual7w_...``), ``llava/llava_v1_5_mix665k.json``,
 ``viscot_llava/viscot_363k.json`` (the alternative Visual-CoT input) and ``images/`` with JPEG and
 PNG images of varied sizes drawn for the purpose (a coloured object or a word at a known place).
 A few records are deliberately bad, one per rejects reason, so the demo build exercises them.
@@ -17,6 +17,8 @@ import os
 import random
 
 from PIL import Image, ImageDraw
+
+from pipelines.recipe import metadata_file_names
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = {  # source -> (image folder under images/, per-source record count)
@@ -78,7 +80,7 @@ def main() -> None:
         if source == "openimages":  # an exact duplicate line: duplicate_key
             lines.append(lines[0])
         lines += BAD.get(source, [])
-        with open(os.path.join(HERE, "viscot", f"{source}_cot_train.jsonl"), "w") as f:
+        with open(os.path.join(HERE, "viscot", metadata_file_names(source)[0]), "w") as f:
             f.write("\n".join(lines) + "\n")
     # A truncated JPEG and a PNG whose size disagrees with its record.
     img, _, _ = draw_image(rng, 300, 200, False)

@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 
 from pipelines.main import run
-from pipelines.recipe import VISUAL_COT_SOURCES
+from pipelines.recipe import VISUAL_COT_SOURCES, metadata_file_names
 from pipeline_support import REPO
 
 SCALE = 2000
@@ -24,7 +24,7 @@ def test_paper_recipe_scaled_down(tmp_path):
         folder = images / VISUAL_COT_SOURCES[source][-1]  # v7w via its second spelling, cot/visual7w
         folder.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (64, 48), (9, 9, 9)).save(folder / f"{source}.jpg")
-        with open(corpus / f"{source}_cot_train.jsonl", "w") as f:
+        with open(corpus / metadata_file_names(source)[0], "w") as f:  # Visual7W: visual7w_cot_train.jsonl
             for i in range(n):
                 f.write(json.dumps({"question": f"q{i}", "answer": "a", "image": f"{source}.jpg", "width": 64,
                                     "height": 48, "bboxs": [[i % 60, 0, i % 60 + 4, 8]], "dataset": source}) + "\n")

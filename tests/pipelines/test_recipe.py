@@ -69,3 +69,17 @@ def test_fingerprint_changes_with_recipe():
     a = parse_recipe(MINIMAL)
     b = parse_recipe({**MINIMAL, "seed": 1})
     assert a.fingerprint() != b.fingerprint() and a.fingerprint() == parse_recipe(MINIMAL).fingerprint()
+
+
+def test_visual7w_metadata_file_is_found_under_either_name(tmp_path):
+    """Visual-CoT ships Visual7W as visual7w_cot_train.jsonl (records tagged v7w); older copies
+    use v7w_cot_train.jsonl. The recipe's source is v7w either way; a missing file names both."""
+    from pipelines.build import list_inputs
+
+    r = parse_recipe({"name": "t", "inputs": {"visual_cot_dir": str(tmp_path)}, "sources": {"v7w": {}}})
+    with pytest.raises(FileNotFoundError, match="visual7w_cot_train.jsonl.*v7w_cot_train.jsonl"):
+        list_inputs(r)
+    (tmp_path / "v7w_cot_train.jsonl").write_text("")
+    assert list_inputs(r) == [("cot_jsonl", "v7w", str(tmp_path / "v7w_cot_train.jsonl"))]
+    (tmp_path / "visual7w_cot_train.jsonl").write_text("")  # the real name wins
+    assert list_inputs(r) == [("cot_jsonl", "v7w", str(tmp_path / "visual7w_cot_train.jsonl"))]

@@ -34,6 +34,7 @@ from pipeline_support import DEMO_RECIPE, REPO, copy_tree_bytes
 
 from pipelines import shards as io_
 from pipelines.main import run
+from pipelines.recipe import metadata_file_names
 
 CORPUS = os.path.join(REPO, "pipelines", "demo_corpus")
 BUCKET = "memtest://crop-test"
@@ -85,7 +86,7 @@ def test_remote_build_is_byte_identical_to_local(remote, demo_build):
     # The input checksums name the memtest objects, and hash their bytes.
     assert [i["path"] for i in manifest["inputs"]] == sorted(
         [REMOTE_CORPUS + "/llava/llava_v1_5_mix665k.json"]
-        + [f"{REMOTE_CORPUS}/viscot/{s}_cot_train.jsonl" for s in manifest["recipe"]["sources"]])
+        + [f"{REMOTE_CORPUS}/viscot/{metadata_file_names(s)[0]}" for s in manifest["recipe"]["sources"]])
     rejects = [json.loads(line) for line in objects["rejects.jsonl"].decode().splitlines()]
     missing = [r for r in rejects if r["reason"] == "missing_image"]
     assert missing and all(REMOTE_CORPUS + "/images/" in r["detail"] for r in missing)
