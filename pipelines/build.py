@@ -182,7 +182,7 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
 
     source, hashes = kv
     spec = recipe.llava if source == "llava" else recipe.sources.get(source)
-    mult = Counter(hashes)
+    mult = Counter(h for h in hashes if h is not None)  # None: the per-source seed, not a record
     unique = sorted(mult)
     n = 0 if spec is None else spec.resolve(len(unique))
     wanted = None if spec is None else (spec.cap if spec.cap is not None else n)
@@ -193,7 +193,7 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
         log.warning(msg)
     taken = sum(mult[h] for h in unique[:n])
     return source, {"selected_hashes": unique[:n], "selected": n, "available": len(unique),
-                    "capped": len(hashes) - taken, "wanted": wanted}
+                    "capped": sum(mult.values()) - taken, "wanted": wanted}
 
 
 def shard_count(selection: dict, max_samples: int) -> int:
@@ -476,7 +476,12 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
     # Parsing is light and runs where the file is read; the one shuffle of candidates is the
     # group-by-shard below (duplicates meet there too, see duplicate_flags).
     parsed = raw | "Parse" >> beam.ParDo(ParseFn(recipe)).with_outputs(REJECTS, main="ok")
-    selection = (parsed.ok | "HashBySource" >> beam.Map(lambda c: (c["source"], c["sort_hash"]))
+    # Every source the recipe asks for gets a selection entry, even with no valid record at all,
+    # so its cap shortfall is reported (and strict_caps fires): a None hash per source seeds it.
+    wanted = sorted(recipe.sources) + (["llava"] if any(spec[1] == "llava" for spec in specs) else [])
+    seeds = p | "RecipeSources" >> beam.Create([(source, None) for source in wanted])
+    selection = ((parsed.ok | "HashBySource" >> beam.Map(lambda c: (c["source"], c["sort_hash"])), seeds)
+                 | "WithRecipeSources" >> beam.Flatten()
                  | "CollectHashes" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
                  | "Select" >> beam.Map(select, recipe))
     shard_stats = (parsed.ok

@@ -339,3 +339,19 @@ def test_progress_counters_and_log_lines(demo_corpus_copy, tmp_path, caplog):
 
     again = build_once()
     assert again.get("samples_written", 0) == 0 and again["shards_skipped"] == n
+
+
+def test_source_without_any_valid_record_reports_its_shortfall(demo_corpus_copy, tmp_path):
+    """A recipe source whose file holds no valid record still gets a selection entry: its cap
+    shortfall is in stats.json, and strict_caps fails the build naming it."""
+    corpus, recipe_path = demo_corpus_copy
+    (corpus / "viscot" / "vsr_cot_train.jsonl").write_text('{"question": "no boxes"}\nnot json\n')
+    text = open(recipe_path).read().replace("  vsr: {}", "  vsr: {cap: 3}")
+    assert "vsr: {cap: 3}" in text
+    open(recipe_path, "w").write(text)
+    run(["--recipe", recipe_path, "--output", str(tmp_path / "o"), "--log-level", "WARNING"])
+    stats = json.load(open(tmp_path / "o" / "stats.json"))
+    assert stats["shortfall"]["vsr"] == 3 and stats["read"]["vsr"] == 2
+    open(recipe_path, "w").write(text.replace("v7w: {cap: 100}", "v7w: {}") + "strict_caps: true\n")
+    with pytest.raises(Exception, match="cap for vsr is 3 but only 0 valid records"):
+        run(["--recipe", recipe_path, "--output", str(tmp_path / "strict"), "--log-level", "WARNING"])
