@@ -8,7 +8,6 @@ Our own flags are parsed here; every other flag goes to Beam's ``PipelineOptions
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -16,6 +15,19 @@ import sys
 import time
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo.yaml")
+
+
+INPUT_FLAGS = ("visual_cot_dir", "visual_cot_llava_json", "llava_json", "image_root")  # -> recipe.inputs
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None):
@@ -26,11 +38,13 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--output", default=None, help="output folder (local or gs://, s3://, hdfs://); "
                    "default shards/<recipe name>")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--visual-cot-dir", help="override recipe.inputs.visual_cot_dir")
-    p.add_argument("--visual-cot-llava-json", help="override recipe.inputs.visual_cot_llava_json")
+    p.add_argument("--visual-cot-dir", help="override recipe.inputs.visual_cot_dir (replaces the recipe's "
+                   "visual_cot_llava_json, if any: the two are alternatives)")
+    p.add_argument("--visual-cot-llava-json", help="override recipe.inputs.visual_cot_llava_json (replaces the "
+                   "recipe's visual_cot_dir, if any)")
     p.add_argument("--llava-json", help="override recipe.inputs.llava_json")
     p.add_argument("--image-root", help="override recipe.inputs.image_root")
-    p.add_argument("--shard-max-samples", type=int, help="override recipe shards.max_samples")
+    p.add_argument("--shard-max-samples", type=_positive_int, help="override recipe shards.max_samples")
     p.add_argument("--log-level", default="INFO")
     return p.parse_known_args(argv)
 
@@ -63,13 +77,8 @@ def run(argv: list[str] | None = None) -> dict:
     from pipelines import build, summary
     from pipelines.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
-    overrides = {k: getattr(args, k) for k in ("visual_cot_dir", "visual_cot_llava_json", "llava_json", "image_root")
-                 if getattr(args, k)}
-    if overrides:
-        recipe = dataclasses.replace(recipe, inputs=dataclasses.replace(recipe.inputs, **overrides))
-    if args.shard_max_samples:
-        recipe = dataclasses.replace(recipe, shard_max_samples=args.shard_max_samples)
+    recipe = load_recipe(args.recipe, inputs={k: getattr(args, k) for k in INPUT_FLAGS},
+                         shard_max_samples=args.shard_max_samples)
     out_dir = args.output or os.path.join("shards", recipe.name)
     opts = make_options(beam_args)
     mode = build.prepare_output(out_dir, recipe, args.overwrite)

@@ -177,9 +177,9 @@ def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
         if s not in VISUAL_COT_SOURCES:
             raise RecipeError(f"recipe.sources.{s}: unknown source; known: {sorted(VISUAL_COT_SOURCES)}")
         sources[s] = _source_spec(spec, f"recipe.sources.{s}")
-    llava = _source_spec(d.get("llava"), "recipe.llava")
-    if llava.cap is None and "llava" in d and isinstance(d["llava"], Mapping) and "count" in d["llava"]:
+    if isinstance(d.get("llava"), Mapping) and "count" in d["llava"]:
         raise RecipeError("recipe.llava.count: use 'cap' for the number of LLaVA samples")
+    llava = _source_spec(d.get("llava"), "recipe.llava")
 
     shards = _check_keys(d.get("shards", {}), {"name", "max_samples"}, "recipe.shards")
     shard_name = shards.get("name", "crop")
@@ -207,14 +207,44 @@ def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
     )
 
 
-def load_recipe(path: str) -> Recipe:
-    """Read and validate a recipe YAML file (local path)."""
+VISUAL_COT_INPUTS = ("visual_cot_dir", "visual_cot_llava_json")  # alternatives: one per recipe
+
+
+def apply_overrides(data: Mapping, inputs: Mapping[str, str] | None = None,
+                    shard_max_samples: int | None = None) -> dict:
+    """The recipe mapping with command-line overrides applied, before validation.
+
+    ``inputs`` maps ``Inputs`` field names to paths (made absolute here: a flag's relative path is
+    relative to the working directory, not to the recipe file). Setting one of the two Visual-CoT
+    inputs replaces the other one the recipe had, since they are alternatives; giving both is left
+    to :func:`parse_recipe` to refuse.
+    """
+    data = dict(data)
+    ins = dict(data.get("inputs") or {})
+    inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+    if len(set(inputs) & set(VISUAL_COT_INPUTS)) == 1:
+        for k in VISUAL_COT_INPUTS:
+            ins.pop(k, None)
+    for k, v in inputs.items():
+        ins[k] = v if "://" in v else os.path.abspath(v)
+    data["inputs"] = ins
+    if shard_max_samples is not None:
+        data["shards"] = {**(data.get("shards") or {}), "max_samples": shard_max_samples}
+    return data
+
+
+def load_recipe(path: str, inputs: Mapping[str, str] | None = None,
+                shard_max_samples: int | None = None) -> Recipe:
+    """Read a recipe YAML file (local path), apply command-line overrides, validate."""
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     try:
-        return parse_recipe(data or {}, base_dir=os.path.dirname(os.path.abspath(path)))
+        data = apply_overrides(data or {}, inputs, shard_max_samples)
+        return parse_recipe(data, base_dir=os.path.dirname(os.path.abspath(path)))
     except RecipeError as e:
         raise RecipeError(f"{path}: {e}") from None

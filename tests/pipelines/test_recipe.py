@@ -43,7 +43,7 @@ def test_relative_paths_resolve_against_recipe_folder():
     ({"image_check": "none"}, "recipe.image_check"),
     ({"shards": {"max_samples": 0}}, "recipe.shards.max_samples"),
     ({"template": {"trailing_period": "yes"}}, "recipe.template.trailing_period"),
-    ({"llava": {"count": 5}}, "recipe.llava: unknown field(s) ['count']"),
+    ({"llava": {"count": 5}}, "recipe.llava.count: use 'cap'"),
     ({"colour": "red"}, "recipe: unknown field(s) ['colour']"),
     ({"inputs": {"visual_cot_dir": "a", "visual_cot_llava_json": "b"}}, "not both"),
 ], ids=lambda v: str(v)[:40])
@@ -83,3 +83,34 @@ def test_visual7w_metadata_file_is_found_under_either_name(tmp_path):
     assert list_inputs(r) == [("cot_jsonl", "v7w", str(tmp_path / "v7w_cot_train.jsonl"))]
     (tmp_path / "visual7w_cot_train.jsonl").write_text("")  # the real name wins
     assert list_inputs(r) == [("cot_jsonl", "v7w", str(tmp_path / "visual7w_cot_train.jsonl"))]
+
+
+def test_command_line_overrides_are_validated_with_the_recipe(tmp_path):
+    from pipelines.recipe import apply_overrides
+
+    base = {"name": "t", "inputs": {"visual_cot_llava_json": "v.json", "image_root": "img"},
+            "sources": {"gqa": {}}}
+    # One Visual-CoT input replaces the other (they are alternatives), relative to the cwd.
+    d = apply_overrides(base, {"visual_cot_dir": "meta", "llava_json": None})
+    assert d["inputs"] == {"visual_cot_dir": os.path.abspath("meta"), "image_root": "img"}
+    assert base["inputs"]["visual_cot_llava_json"] == "v.json"  # the input mapping is not mutated
+    assert parse_recipe(d).inputs.visual_cot_llava_json is None
+    both = apply_overrides(base, {"visual_cot_dir": "gs://b/meta", "visual_cot_llava_json": "gs://b/v.json"})
+    with pytest.raises(RecipeError, match="not both"):
+        parse_recipe(both)
+    with pytest.raises(RecipeError, match="recipe.shards.max_samples"):
+        parse_recipe(apply_overrides(base, shard_max_samples=0))
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\ninputs: {visual_cot_dir: meta}\nsources: {gqa: {}}\n")
+    r = load_recipe(str(path), inputs={"image_root": "gs://b/images"}, shard_max_samples=7)
+    assert (r.inputs.image_root, r.shard_max_samples) == ("gs://b/images", 7)
+    assert r.inputs.visual_cot_dir == str(tmp_path / "meta")  # the recipe's own paths stay recipe-relative
+
+
+def test_shard_max_samples_flag_must_be_positive(capsys):
+    from pipelines.main import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--shard-max-samples", "0"])
+    assert "--shard-max-samples: must be at least 1, got 0" in capsys.readouterr().err
+
