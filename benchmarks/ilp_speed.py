@@ -33,16 +33,31 @@ layer and token: q,k,v,o projections ``8 D^2`` and the gated MLP ``6 D F``; atte
 ``QK^T`` and ``AV`` over the causal triangle, ``2 D n (n+1)`` per layer. The LM head runs on
 the last token only (``2 D V``, same for all). FastV adds its selection row (``2 D^2 + 2 D n``).
 ``meas/ideal = (time / no-pruning time) / (FLOPs / no-pruning FLOPs)``; target within 5%.
+
+Peak memory (``peak MiB``): on CUDA ``torch.cuda.max_memory_allocated`` over the prefill and the
+decode steps (weights included). On CPU, the peak resident set size *above the RSS just before
+the call*, over the same span: a thread reads ``/proc/self/statm`` every ~1 ms (:class:`RssPeak`).
+This tracks live tensors because glibc serves large blocks (torch CPU tensors of more than
+128 KiB) with ``mmap`` and unmaps them on free, so freed activations leave the RSS and the
+figure is activations + the new KV cache. Limits: glibc raises its mmap threshold (up to 32 MiB)
+after such a block is freed, and blocks below it come from the heap, whose freed pages may stay
+resident, so a later call can reuse them without the RSS growing (figure too low) or an earlier
+call's leftovers can remain (baseline too high); a spike shorter than ~1 ms can be missed; the RSS
+also counts non-tensor memory (allocator bookkeeping, Python objects). Compare rows of one run,
+not runs. The sampler's own CPU time is subtracted from the measured process CPU time; wall
+times are unaffected (it sleeps between reads and the heavy kernels run without the GIL).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import pstats
 import random
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -83,6 +98,53 @@ def spread(xs: list[float]) -> float:
         return 0.0
     q = np.percentile(xs, [25, 75])
     return float((q[1] - q[0]) / statistics.median(xs))
+
+
+class RssPeak:
+    """Peak RSS above the value at ``__enter__``, sampled from ``/proc/self/statm`` by a thread.
+
+    ``above`` (bytes) is valid after ``__exit__``; ``cpu_s()`` is the sampler thread's CPU time so
+    far (to subtract it from a process-CPU measurement).
+    """
+
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, period_s: float = 1e-3):
+        self.period_s = period_s
+        self.base = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-peak", daemon=True)
+        self._clock = None
+        self._fd = -1
+
+    def rss(self) -> int:
+        """Resident bytes now (second field of statm, in pages)."""
+        return int(os.pread(self._fd, 128, 0).split()[1]) * self.PAGE
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.period_s)
+
+    def cpu_s(self) -> float:
+        return time.clock_gettime(self._clock) if self._clock is not None else 0.0
+
+    @property
+    def above(self) -> int:
+        return self.peak - self.base
+
+    def __enter__(self) -> "RssPeak":
+        self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self.base = self.peak = self.rss()
+        self._thread.start()
+        self._clock = time.pthread_getcpuclockid(self._thread.ident)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())  # after the join: one writer at a time
+        os.close(self._fd)
 
 
 # ----------------------------------------------------------------------------- model / inputs
@@ -159,7 +221,7 @@ def layer_time(model, n: int, device: str) -> float:
     return time.perf_counter() - t
 
 
-HOOKS = ("_pre_first", "_pre_rest", "_pre_select", "_post_select")
+HOOKS = ("_pre_model", "_pre_first", "_pre_rest", "_pre_select", "_post_select")
 
 
 def hook_ms(model, cfg: Config, lay: SampleLayout, ids: torch.Tensor, k: int) -> float:
@@ -180,26 +242,30 @@ def hook_ms(model, cfg: Config, lay: SampleLayout, ids: torch.Tensor, k: int) ->
 def run_once(model, cfg: Config, lay: SampleLayout, ids: torch.Tensor, k: int, device: str, decode: int) -> tuple:
     """One prefill (+ ``decode`` greedy steps) under ``cfg``; returns (wall, cpu, decode/token, kv, peak)."""
     handle = attach(model, cfg, lay, k)
+    cuda = device.startswith("cuda")
     try:
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
-        sync(device)
-        t, c = time.perf_counter(), time.process_time()
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        sync(device)
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        cache = out.past_key_values
-        kv = kv_bytes(cache)
-        nxt = out.logits[:, -1:].argmax(-1)  # (1, 1)
-        mask = torch.ones(1, ids.shape[1], dtype=torch.long, device=ids.device)
-        t = time.perf_counter()
-        for _ in range(decode):
-            mask = torch.cat([mask, mask[:, :1]], 1)  # (1, N + step)
-            out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            nxt = out.logits[:, -1:].argmax(-1)
-        sync(device)
-        dec = (time.perf_counter() - t) / max(decode, 1)
-        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
+        with contextlib.nullcontext() if cuda else RssPeak() as mem:  # mem: None on CUDA
+            sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            s = mem.cpu_s() if mem else 0.0
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            sync(device)
+            wall = time.perf_counter() - t
+            cpu = time.process_time() - c - ((mem.cpu_s() - s) if mem else 0.0)  # minus the RSS sampler's CPU
+            cache = out.past_key_values
+            kv = kv_bytes(cache)
+            nxt = out.logits[:, -1:].argmax(-1)  # (1, 1)
+            mask = torch.ones(1, ids.shape[1], dtype=torch.long, device=ids.device)
+            t = time.perf_counter()
+            for _ in range(decode):
+                mask = torch.cat([mask, mask[:, :1]], 1)  # (1, N + step)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                nxt = out.logits[:, -1:].argmax(-1)
+            sync(device)
+            dec = (time.perf_counter() - t) / max(decode, 1)
+        peak = torch.cuda.max_memory_allocated() if cuda else mem.above
     finally:
         if handle is not None:
             handle.remove()
@@ -296,6 +362,9 @@ def report(a, cfgs: list[Config], n: int, elem: int, start_load, end_load, loads
     print("meas/ideal = (time ratio) / (FLOP ratio) from: median times | paired per-round ratios | CPU times | minima;")
     print("kernel r = K t(n) + (L-K) t(m) over L t(n) from the unhooked layer; meas/kern = time r / kernel r;")
     print("hooks ms = time inside the plug-in's hooks per prefill (cProfile)")
+    if not a.device.startswith("cuda"):
+        print("peak MiB (CPU) = peak RSS above the RSS before the call, prefill + decode, sampled every ~1 ms "
+              "(max over rounds; see the docstring for its limits)")
     print(f"{'config':<12}{'kept':>5}{'prefill ms':>11}{'IQR':>6}{'cpu/wall':>9}{'dec ms/tok':>11}"
           f"{'KV MiB':>8}{'KV ideal':>9}{'peak MiB':>9}{'FLOP r':>8}{'time r':>8}{'meas/ideal':>11}"
           f"{'paired':>8}{'cpu':>7}{'min':>7}{'kernel r':>9}{'meas/kern':>10}{'hooks ms':>9}")
@@ -311,7 +380,7 @@ def report(a, cfgs: list[Config], n: int, elem: int, start_load, end_load, loads
         paired = statistics.median(w / b for w, b in zip(ws, bw))
         kvi = kv_bytes_ideal(n, m, a.layers, k, elem)
         kern = (k * lt[n] + (a.layers - k) * lt[m]) / (a.layers * lt[n])
-        pk = f"{c.peak / 2**20:.0f}" if c.peak else "-"
+        pk = f"{c.peak / 2**20:.0f}" if c.peak or not a.device.startswith("cuda") else "-"
         print(f"{c.name:<12}{c.kept:>5}{wall * 1e3:>11.1f}{spread(ws) * 100:>5.1f}%"
               f"{cpu / wall:>9.2f}{statistics.median(c.samples['dec']) * 1e3:>11.1f}{c.kv / 2**20:>8.2f}"
               f"{kvi / 2**20:>9.2f}{pk:>9}{fr:>8.3f}{tr:>8.3f}{tr / fr:>11.3f}{paired / fr:>8.3f}"

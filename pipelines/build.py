@@ -532,6 +532,10 @@ def prepare_output(out_dir: str, recipe: Recipe, overwrite: bool) -> str:
     existing = io_.list_files(out_dir)  # no exists(out_dir): object stores have no folder objects
     fp_path = io_.join(out_dir, BUILD_FILE)
     if existing and overwrite:
+        if fp_path not in existing:  # never wipe a folder this job did not make (e.g. --output .)
+            raise FileExistsError(
+                f"--overwrite: {out_dir} holds {len(existing)} file(s) but no {BUILD_FILE}, so it is not a build "
+                "folder; refusing to delete anything there. Choose an empty or new --output")
         FileSystems.delete(existing)
         mode = "overwrite"
     elif existing:

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from crop.pruning import guards
 from crop.pruning.layout import SampleLayout
 from crop.pruning.plugin import PruneHandle, check_supported
 from crop.pruning.region_map import KeepPlan
@@ -71,19 +72,29 @@ class FastVHandle(PruneHandle):
     """ILP machinery whose plan is chosen at layer K-1 of every prefill.
 
     With ``freeze=True`` the first prefill's selection is kept for later prefills too (this is
-    how an uncached ``generate`` reproduces the cached run).
+    how an uncached ``generate`` reproduces the cached run). The prefill guard checks the prompt
+    against ``layouts`` (length and image-token positions), as ILP checks its plan.
     """
+
+    kind = "FastV"
 
     def __init__(self, model, layouts: Sequence[SampleLayout], budget: int, layer: int = 2, freeze: bool = False):
         check_supported(model, layer)
         if budget < 0:
             raise ValueError(f"FastV budget R must be >= 0, got {budget}")
-        super().__init__(model, None, layer)
         self.layouts, self.budget, self.freeze = list(layouts), budget, freeze
+        self._ref = guards.ref_of_layouts(self.layouts)
+        super().__init__(model, None, layer)
         self._captured = None
         prev = self._layers[layer - 1]
         self._hooks.append(prev.register_forward_pre_hook(self._pre_select, with_kwargs=True))
         self._hooks.append(prev.register_forward_hook(self._post_select, with_kwargs=True))
+
+    def __repr__(self) -> str:
+        return f"a FastV handle (layer K={self.layer}, R={self.budget})"
+
+    def _prompt_ref(self):
+        return self._ref, self.layouts
 
     def reset(self) -> None:
         """Forget a frozen selection."""

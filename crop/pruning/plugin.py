@@ -18,6 +18,9 @@ Supported: ``DynamicCache`` (or no cache), ``sdpa`` and ``eager`` attention. Row
 drop different positions and keep different numbers of tokens: shorter rows are left-padded to
 the longest and the padding slots masked (see :mod:`crop.pruning.gather`); ``model(...)`` then
 returns left-padded logits ``(B, M, V)``.
+
+Guards (:mod:`crop.pruning.guards`): a model-level pre-hook checks at every prefill that the
+prompt is the one the plan was built for and refuses ``labels``; one handle per model at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 
+from crop.pruning import guards
 from crop.pruning.gather import decode_mask, gather_mask, gather_seq, keep_index, keep_slots, prefill_mask
 from crop.pruning.region_map import KeepPlan
 
@@ -147,6 +151,8 @@ class PruneHandle:
     the number of visual tokens kept per row of the last plan.
     """
 
+    kind = "ILP"
+
     def __init__(self, model: torch.nn.Module, plan: KeepPlan | None, layer: int):
         if _is_compiled(model):
             raise RuntimeError(f"{COMPILE_MESSAGE}: attach to the uncompiled model")
@@ -154,15 +160,29 @@ class PruneHandle:
         self.model = model
         self.layer = layer
         self.plan = plan
-        _, self._layers = decoder_layers(model)
+        self._stack, self._layers = decoder_layers(model)
         self._hooks: list = []
         self._keep_idx: torch.Tensor | None = None  # (B, M) kept prefill positions, left-padded
         self._pad: torch.Tensor | None = None  # (B, M) padding slots (rows keeping < M tokens)
         self._prefill_len = 0
         self._layer_kwargs: dict = {}
-        self._hooks.append(self._layers[layer].register_forward_pre_hook(self._pre_first, with_kwargs=True))
-        for lyr in self._layers[layer + 1 :]:
-            self._hooks.append(lyr.register_forward_pre_hook(self._pre_rest, with_kwargs=True))
+        self._guard = guards.PromptGuard(guards.image_token_id_of(model))
+        guards.claim(self._stack, self, type(model).__name__)  # raises if another handle is attached
+        try:
+            self._hooks.append(model.register_forward_pre_hook(self._pre_model, with_kwargs=True))
+            self._hooks.append(self._layers[layer].register_forward_pre_hook(self._pre_first, with_kwargs=True))
+            for lyr in self._layers[layer + 1 :]:
+                self._hooks.append(lyr.register_forward_pre_hook(self._pre_rest, with_kwargs=True))
+        except Exception:
+            self.remove()
+            raise
+
+    def __repr__(self) -> str:
+        return f"an {self.kind} handle (layer K={self.layer})"
+
+    # what the prefill guard checks against; FastV checks its layouts
+    def _prompt_ref(self) -> tuple[guards.PromptRef, object] | None:
+        return None if self.plan is None else (guards.ref_of_plan(self.plan), self.plan)
 
     # plan source; FastV overrides it to select at layer K-1
     def _plan_for_prefill(self) -> KeepPlan:
@@ -173,6 +193,24 @@ class PruneHandle:
     @property
     def kept_counts(self) -> tuple[int, ...] | None:
         return None if self.plan is None else self.plan.visual_kept
+
+    def _pre_model(self, module, args, kwargs):
+        """Model-level guard: no ``labels``; at a prefill, the prompt must be the plan's."""
+        if kwargs.get("labels") is not None:
+            raise ValueError(guards.LABELS_MESSAGE)
+        cache = kwargs.get("past_key_values")
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+            return None  # decode step: its prefill was checked
+        if torch.compiler.is_compiling():
+            _raise_compiled()
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
+        seq = ids if ids is not None else kwargs.get("inputs_embeds")
+        got = self._prompt_ref()
+        if seq is None or got is None:
+            return None  # nothing to check against: the model / layer K raises its own error
+        ref, owner = got
+        self._guard.check(ref, owner, ids, seq.shape[1], seq.shape[0])
+        return None
 
     def _pre_first(self, module, args, kwargs):
         cache = kwargs.get("past_key_values")
@@ -206,10 +244,12 @@ class PruneHandle:
         return args, kwargs
 
     def remove(self) -> None:
+        """Detach every hook and free the model for another handle (idempotent)."""
         for hk in self._hooks:
             hk.remove()
         self._hooks.clear()
         self._keep_idx, self._pad, self._layer_kwargs = None, None, {}
+        guards.release(self._stack, self)
 
     def __enter__(self) -> "PruneHandle":
         return self

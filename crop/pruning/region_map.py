@@ -39,13 +39,16 @@ class KeepPlan:
     """Which sequence positions each batch row drops from layer K on.
 
     ``drop[b]`` are sorted positions; everything else (text, kept visual tokens and any token
-    generated later) stays. ``prompt_len`` is the prompt length the plan was computed for.
+    generated later) stays. ``prompt_len`` is the prompt length the plan was computed for and
+    ``visual[b]`` the positions of row b's image tokens then (``None`` for a hand-built plan); the
+    hooks check both against the prompt they prune (:mod:`crop.pruning.guards`).
     """
 
     prompt_len: int
     drop: tuple[np.ndarray, ...]
     visual_total: tuple[int, ...]
     visual_kept: tuple[int, ...]
+    visual: tuple[np.ndarray, ...] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -64,7 +67,8 @@ class KeepPlan:
         seq = {lay.seq_len for lay in layouts}
         if len(seq) != 1:
             raise ValueError(f"layouts disagree on the sequence length: {sorted(seq)}")
-        return cls(seq.pop(), tuple(drop), tuple(lay.num_visual for lay in layouts), tuple(kept))
+        total = tuple(lay.num_visual for lay in layouts)
+        return cls(seq.pop(), tuple(drop), total, tuple(kept), tuple(lay.visual_positions for lay in layouts))
 
 
 def to_box_norm(region: RegionLike, grid: int = 8) -> BoxNorm:

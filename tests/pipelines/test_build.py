@@ -355,3 +355,12 @@ def test_source_without_any_valid_record_reports_its_shortfall(demo_corpus_copy,
     open(recipe_path, "w").write(text.replace("v7w: {cap: 100}", "v7w: {}") + "strict_caps: true\n")
     with pytest.raises(Exception, match="cap for vsr is 3 but only 0 valid records"):
         run(["--recipe", recipe_path, "--output", str(tmp_path / "strict"), "--log-level", "WARNING"])
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_build(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "README.md").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a build folder"):
+        run(["--recipe", DEMO_RECIPE, "--output", str(folder), "--overwrite", "--log-level", "WARNING"])
+    assert sorted(os.listdir(folder)) == ["README.md"] and (folder / "README.md").read_text() == "precious"
