@@ -72,7 +72,7 @@ def list_inputs(recipe: Recipe) -> list[tuple[str, str, str]]:
 
 
 def read_input(spec: tuple[str, str, str]) -> Iterator[tuple[str, str, int, object]]:
-    """Yield ``(source, file_name, line, payload)``: a text line (JSONL) or a parsed element.
+    """Yield ``(source, file_name, line, payload)``: a raw line (JSONL, bytes) or a parsed element.
 
     JSON lists are read incrementally with ijson (the LLaVA file is ~1 GB). A file that is not
     valid JSON fails the build naming the element where parsing stopped: records after it cannot
@@ -85,9 +85,8 @@ def read_input(spec: tuple[str, str, str]) -> Iterator[tuple[str, str, int, obje
     if fmt == "cot_jsonl":
         with FileSystems.open(path) as f:
             for i, raw in enumerate(f, start=1):
-                text = raw.decode("utf-8", errors="replace")
-                if text.strip():
-                    yield tag, name, i, text
+                if raw.strip():
+                    yield tag, name, i, raw  # bytes: the parser decodes strictly (bad UTF-8 is a reject)
         return
     with FileSystems.open(path) as f:
         i = 0

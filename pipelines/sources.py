@@ -121,9 +121,17 @@ def _candidate(**kw: Any) -> dict:
 
 
 # --------------------------------------------------------------------------- Visual-CoT JSONL
-def parse_cot_line(source: str, image_dirs: Sequence[str], file: str, line: int, text: str,
+def parse_cot_line(source: str, image_dirs: Sequence[str], file: str, line: int, text: str | bytes,
                    *, seed: int, grid: int, policy: str) -> dict:
-    """One line of ``<source>_cot_train.jsonl`` -> candidate (raises :class:`Rejected`)."""
+    """One line of ``<source>_cot_train.jsonl`` -> candidate (raises :class:`Rejected`).
+
+    Raw bytes are decoded as strict UTF-8: a line that is not UTF-8 is rejected as
+    ``malformed_json`` rather than written with replacement characters."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Rejected(STAGE_READ, "malformed_json", f"not UTF-8: {e.reason} at byte {e.start}") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

@@ -155,3 +155,15 @@ def test_finalize_size_mismatch_and_region_record():
     with pytest.raises(Rejected) as e:
         finalize(c, "cot/gqa/a.jpg", _jpeg(65, 48), grid=8, policy="union", trailing_period=True, check="header")
     assert e.value.reason == "image_size_mismatch" and "65x48" in e.value.detail
+
+
+def test_cot_line_bytes_are_strict_utf8():
+    """Raw JSONL lines arrive as bytes: valid UTF-8 (non-ASCII included) parses; anything else is a
+    malformed_json reject, never a record with replacement characters."""
+    line = json.dumps({**GOOD, "question": "Qué color tiene el autobús?"}, ensure_ascii=False).encode("utf-8")
+    c = parse_cot_line("gqa", ["cot/gqa"], "gqa_cot_train.jsonl", 7, line, **KW)
+    assert c["question"] == "Qué color tiene el autobús?"
+    bad = line.replace("Qué".encode("utf-8"), b"Qu\xe9")  # Latin-1 byte inside a UTF-8 file
+    with pytest.raises(Rejected) as e:
+        parse_cot_line("gqa", ["cot/gqa"], "gqa_cot_train.jsonl", 7, bad, **KW)
+    assert e.value.reason == "malformed_json" and "not UTF-8" in str(e.value.detail)
