@@ -151,7 +151,7 @@ def sample_features():
     return Features({name: feature(kind) for name, kind in SAMPLE_COLUMNS})
 
 
-IMAGE_MEMBER_EXTS = ("jpg", "png", "webp", "gif", "bmp", "tiff")
+IMAGE_MEMBER_EXTS = ("jpg", "png", "webp", "gif", "bmp")
 """Image member extensions the pipeline writes (the decoded format, not the input file name)."""
 
 

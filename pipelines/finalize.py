@@ -23,7 +23,10 @@ from crop.contract import instruction_record, region_record
 
 from pipelines.sources import STAGE_IMAGE, Rejected, boxes_to_region
 
-EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+"""Formats stored in shards, and the only Pillow plugins allowed to open an input image: the
+training loader reads exactly these (``crop.data.safety.IMAGE_FORMATS``), and plugins such as
+EPS or PSD, which call external tools, never see a misnamed file. Other formats are rejects."""
 
 
 def inspect_image(data: bytes, check: str = "header") -> tuple[int, int, str]:
@@ -31,7 +34,7 @@ def inspect_image(data: bytes, check: str = "header") -> tuple[int, int, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=tuple(EXT_BY_FORMAT))
             fmt = img.format
             w, h = img.size
             if check == "full" or fmt not in ("JPEG", "PNG"):

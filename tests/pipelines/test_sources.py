@@ -146,6 +146,17 @@ def test_inspect_image_reports_true_format():
     assert inspect_image(_jpeg(30, 20)) == (30, 20, "jpg")
 
 
+@pytest.mark.parametrize("fmt", ["TIFF", "EPS", "PPM"])
+def test_formats_the_loader_cannot_read_are_rejected(fmt):
+    """Only the formats shards may hold (those the training loader decodes) are opened at all;
+    TIFF, EPS (whose plugin calls Ghostscript) etc. are unreadable_image rejects."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format=fmt)
+    with pytest.raises(Rejected) as e:
+        inspect_image(buf.getvalue())
+    assert e.value.reason == "unreadable_image"
+
+
 def test_finalize_size_mismatch_and_region_record():
     c = parse_cot_line("gqa", ["cot/gqa"], "gqa_cot_train.jsonl", 1,
                        json.dumps({**GOOD, "width": 64, "height": 48, "bboxs": [[0, 0, 8, 6]]}), **KW)
