@@ -45,8 +45,35 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--llava-json", help="override recipe.inputs.llava_json")
     p.add_argument("--image-root", help="override recipe.inputs.image_root")
     p.add_argument("--shard-max-samples", type=_positive_int, help="override recipe shards.max_samples")
+    p.add_argument("--allow-local-paths", action="store_true",
+                   help="with a distributed runner, accept local paths (only if every worker sees the same "
+                        "filesystem at the same place, e.g. NFS)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_known_args(argv)
+
+
+LOCAL_RUNNERS = ("Direct", "DirectRunner", "direct", "PrismRunner", "Prism", "prism")
+
+
+def check_paths_for_runner(opts, recipe, out_dir: str) -> None:
+    """Refuse local paths when the workers run elsewhere.
+
+    On Dataflow, or Flink / Spark without ``--environment_type LOOPBACK``, each worker would read
+    and write its own disk: inputs "missing", shards scattered over machines, and a manifest on
+    yet another one. Object-store / HDFS URLs (``scheme://``) are what such runners need."""
+    from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+
+    runner = opts.view_as(StandardOptions).runner
+    env = (opts.view_as(PortableOptions).environment_type or "").upper()
+    if runner in LOCAL_RUNNERS or env == "LOOPBACK":
+        return
+    named = {"--output": out_dir, **{f"recipe.inputs.{k}": getattr(recipe.inputs, k) for k in INPUT_FLAGS}}
+    local = [f"{name}={path}" for name, path in named.items() if path and "://" not in path]
+    if local:
+        raise SystemExit(
+            f"error: runner {runner} runs its workers on other machines, but these paths are local: "
+            f"{', '.join(local)}. Use gs://, s3:// or hdfs:// paths (the flags override the recipe's), "
+            "or pass --allow-local-paths if every worker mounts the same filesystem")
 
 
 def make_options(beam_args: list[str]):
@@ -81,6 +108,8 @@ def run(argv: list[str] | None = None) -> dict:
                          shard_max_samples=args.shard_max_samples)
     out_dir = args.output or os.path.join("shards", recipe.name)
     opts = make_options(beam_args)
+    if not args.allow_local_paths:
+        check_paths_for_runner(opts, recipe, out_dir)
     mode = build.prepare_output(out_dir, recipe, args.overwrite)
     log = logging.getLogger("crop.build")
     log.info("building recipe %r into %s (%s)", recipe.name, out_dir, mode)

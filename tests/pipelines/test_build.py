@@ -364,3 +364,25 @@ def test_overwrite_refuses_a_folder_that_is_not_a_build(tmp_path):
     with pytest.raises(FileExistsError, match="not a build folder"):
         run(["--recipe", DEMO_RECIPE, "--output", str(folder), "--overwrite", "--log-level", "WARNING"])
     assert sorted(os.listdir(folder)) == ["README.md"] and (folder / "README.md").read_text() == "precious"
+
+
+def test_distributed_runner_refuses_local_paths(tmp_path):
+    """Dataflow (or Flink/Spark with remote workers) cannot see the launcher's disk: refused
+    before anything runs, naming every local path; LOOPBACK or --allow-local-paths accept them."""
+    from pipelines.main import check_paths_for_runner, make_options
+    from pipelines.recipe import load_recipe
+
+    recipe = load_recipe(DEMO_RECIPE, inputs={"image_root": "gs://b/images"})
+    with pytest.raises(SystemExit) as e:
+        check_paths_for_runner(make_options(["--runner", "FlinkRunner"]), recipe, "shards/demo")
+    msg = str(e.value)
+    assert "--output=shards/demo" in msg and "recipe.inputs.visual_cot_dir=" in msg
+    assert "recipe.inputs.image_root" not in msg  # already remote
+    check_paths_for_runner(make_options(["--runner", "FlinkRunner", "--environment_type", "LOOPBACK"]),
+                           recipe, "shards/demo")
+    check_paths_for_runner(make_options([]), recipe, "shards/demo")  # Direct: local is fine
+    remote = load_recipe(DEMO_RECIPE, inputs={k: f"gs://b/{k}" for k in ("visual_cot_dir", "llava_json", "image_root")})
+    check_paths_for_runner(make_options(["--runner", "DataflowRunner"]), remote, "gs://b/out")
+    with pytest.raises(SystemExit, match="are local"):
+        run(["--recipe", DEMO_RECIPE, "--runner", "SparkRunner", "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
