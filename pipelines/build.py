@@ -112,20 +112,26 @@ class ReadFn(beam.DoFn):
     """
 
     PROGRESS_EVERY = 1000  # records between updates of the "records_read" progress counter
+    LOG_EVERY = 100_000  # records between log lines while a large file (the LLaVA JSON) is read
 
     def __init__(self):
         self.read_counter = beam.metrics.Metrics.counter(METRICS, "records_read")
 
     def process(self, spec):
+        import time
+
         counts: dict[str, int] = {}
-        n = 0
+        n, t0, name = 0, time.perf_counter(), posixpath.basename(spec[2])
         for el in read_input(spec):
             counts[el[0]] = counts.get(el[0], 0) + 1
             n += 1
             if n % self.PROGRESS_EVERY == 0:
                 self.read_counter.inc(self.PROGRESS_EVERY)
+                if n % self.LOG_EVERY == 0:
+                    log.info("reading %s: %d records so far (%.0f s)", name, n, time.perf_counter() - t0)
             yield el
         self.read_counter.inc(n % self.PROGRESS_EVERY)
+        log.info("read %s: %d records in %.1f s", name, n, time.perf_counter() - t0)
         for source, n in sorted(counts.items()):
             yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, n))
 

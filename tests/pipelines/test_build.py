@@ -336,6 +336,9 @@ def test_progress_counters_and_log_lines(demo_corpus_copy, tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wrote ")]
     assert sorted(int(m.split("(shard ")[1].split(" ")[0]) for m in lines) == list(range(1, n + 1))
     assert all(f" of {n})" in m for m in lines)
+    read_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("read ")]
+    assert sorted(m.split()[1].rstrip(":") for m in read_lines) == sorted(
+        os.path.basename(i["path"]) for i in manifest["inputs"])
 
     again = build_once()
     assert again.get("samples_written", 0) == 0 and again["shards_skipped"] == n
