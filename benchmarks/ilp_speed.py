@@ -43,9 +43,14 @@ figure is activations + the new KV cache. Limits: glibc raises its mmap threshol
 after such a block is freed, and blocks below it come from the heap, whose freed pages may stay
 resident, so a later call can reuse them without the RSS growing (figure too low) or an earlier
 call's leftovers can remain (baseline too high); a spike shorter than ~1 ms can be missed; the RSS
-also counts non-tensor memory (allocator bookkeeping, Python objects). Compare rows of one run,
-not runs. The sampler's own CPU time is subtracted from the measured process CPU time; wall
-times are unaffected (it sleeps between reads and the heavy kernels run without the GIL).
+also counts non-tensor memory (allocator bookkeeping, Python objects). Measured at L = 2, K = 1,
+R = 64: one round gave none / ILP / FastV = 253 / 77 / 142 MiB, the max over two rounds 192 / 126
+/ 135, and with ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (a fixed threshold: every
+block over 128 KiB is mapped and unmapped, so the RSS follows live tensors) 182 / 124 / 125. For
+memory figures, run with that variable; it is not set by default because it changes allocation
+costs and so the timings. The table legend says which mode ran. Compare rows of one run, not
+runs. The sampler's own CPU time is subtracted from the measured process CPU time; it should not
+move wall times (it sleeps between reads, and the heavy kernels run without the GIL).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from crop.pruning.layout import SampleLayout, ViewGrid
 
 D, HEADS, FF, VOCAB, SIDE = 4096, 32, 11008, 32000, 24
 VISUAL_START = 5
+IMAGE_ID = 7
 
 
 # ----------------------------------------------------------------------------- pure figures
@@ -312,7 +318,8 @@ def main(argv=None) -> int:
     start_load = os.getloadavg()
     model = build(a.layers, a.device, dtype)
     ids = torch.randint(10, VOCAB, (1, n), device=a.device)  # (1, N)
-    ids[0, lay.visual_positions] = 7  # placeholder id; the model is text-only here
+    ids[0, lay.visual_positions] = IMAGE_ID  # placeholder id; the model is text-only here
+    model.config.image_token_id = IMAGE_ID  # so the plug-in's prefill guard checks these positions, as on a VLM
     cfgs = make_configs(lay, a.budgets, a.fastv_keep)
     rng = random.Random(a.seed)
     loads, layer_t = [], {}
@@ -363,8 +370,11 @@ def report(a, cfgs: list[Config], n: int, elem: int, start_load, end_load, loads
     print("kernel r = K t(n) + (L-K) t(m) over L t(n) from the unhooked layer; meas/kern = time r / kernel r;")
     print("hooks ms = time inside the plug-in's hooks per prefill (cProfile)")
     if not a.device.startswith("cuda"):
+        fixed = os.environ.get("MALLOC_MMAP_THRESHOLD_")
         print("peak MiB (CPU) = peak RSS above the RSS before the call, prefill + decode, sampled every ~1 ms "
-              "(max over rounds; see the docstring for its limits)")
+              "(max over rounds); glibc mmap threshold "
+              + (f"fixed at {fixed} B: tracks live tensors" if fixed else
+                 "dynamic: can be off by tens of MiB, set MALLOC_MMAP_THRESHOLD_=131072 for memory figures"))
     print(f"{'config':<12}{'kept':>5}{'prefill ms':>11}{'IQR':>6}{'cpu/wall':>9}{'dec ms/tok':>11}"
           f"{'KV MiB':>8}{'KV ideal':>9}{'peak MiB':>9}{'FLOP r':>8}{'time r':>8}{'meas/ideal':>11}"
           f"{'paired':>8}{'cpu':>7}{'min':>7}{'kernel r':>9}{'meas/kern':>10}{'hooks ms':>9}")

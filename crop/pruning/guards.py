@@ -63,6 +63,8 @@ def ref_of_plan(plan) -> PromptRef:
 
 def ref_of_layouts(layouts: Sequence) -> PromptRef:
     lens = sorted({lay.seq_len for lay in layouts})
+    if not lens:
+        raise ValueError("no layouts given: pass token_layout(model, inputs), one per batch row")
     if len(lens) != 1:
         raise ValueError(f"layouts disagree on the sequence length: {lens}")
     vis = tuple(lay.visual_positions for lay in layouts)

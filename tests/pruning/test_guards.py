@@ -9,7 +9,7 @@ import torch
 
 from crop.geometry import Region
 from crop.pruning import attach_fastv, attach_ilp, region_keep_plan, token_layout
-from crop.pruning.guards import PromptGuard
+from crop.pruning.guards import PromptGuard, attached_handle
 from crop.pruning.plugin import decoder_layers
 
 from pruning_tiny import FAMILIES, build_inputs, build_model
@@ -176,9 +176,11 @@ def test_second_handle_on_one_model_raises(first, second):
             attach(second, model.model)  # the inner model shares the decoder stack
         assert _n_hooks(model) == n1  # the refused attach left no hooks behind
         torch.testing.assert_close(model(**x).logits, ref, atol=0, rtol=0)  # first handle unaffected
+        stack, _ = decoder_layers(model)
+        assert attached_handle(stack) is h1
         h1.remove()
         h1.remove()  # idempotent
-        assert _n_hooks(model) == n0
+        assert _n_hooks(model) == n0 and attached_handle(stack) is None
         with attach(second) as h2:  # free again after remove()
             out = model(**x).logits
             assert out.shape[1] < x["input_ids"].shape[1]
