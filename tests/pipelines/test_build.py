@@ -389,3 +389,24 @@ def test_distributed_runner_refuses_local_paths(tmp_path):
     with pytest.raises(SystemExit, match="are local"):
         run(["--recipe", DEMO_RECIPE, "--runner", "SparkRunner", "--output", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_direct_runner_never_tries_prism_or_the_network(tmp_path, monkeypatch):
+    """Beam 2.77's DirectRunner first tries Prism, which downloads a binary from GitHub; our Direct
+    runner goes straight to the FnApiRunner and must build offline without any download attempt."""
+    import urllib.request
+
+    from apache_beam.runners.portability import prism_runner
+
+    calls = []
+
+    def forbidden(*a, **k):
+        calls.append(a)
+        raise AssertionError("network / Prism used")
+
+    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+    monkeypatch.setattr(prism_runner, "urlopen", forbidden)
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", forbidden)
+    manifest = run(["--recipe", DEMO_RECIPE, "--output", str(tmp_path / "o"), "--runner", "Direct",
+                    "--log-level", "WARNING"])
+    assert manifest["totals"]["samples"] > 0 and calls == []
