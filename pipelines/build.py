@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import posixpath
+import time
 from typing import Iterator
 
 import apache_beam as beam
@@ -118,8 +119,6 @@ class ReadFn(beam.DoFn):
         self.read_counter = beam.metrics.Metrics.counter(METRICS, "records_read")
 
     def process(self, spec):
-        import time
-
         counts: dict[str, int] = {}
         n, t0, name = 0, time.perf_counter(), posixpath.basename(spec[2])
         for el in read_input(spec):
@@ -276,8 +275,6 @@ class _Progress:
     logs its own share and the Beam counters (``METRICS``) give the job-wide totals."""
 
     def __init__(self):
-        import time
-
         self.clock = time.perf_counter
         self.t0, self.shards, self.samples = None, 0, 0
 

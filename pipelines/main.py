@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None):
     return p.parse_known_args(argv)
 
 
-LOCAL_RUNNERS = ("Direct", "DirectRunner", "direct", "PrismRunner", "Prism", "prism")
+DIRECT_RUNNERS = ("Direct", "DirectRunner", "direct")
+LOCAL_RUNNERS = DIRECT_RUNNERS + ("PrismRunner", "Prism", "prism")  # workers on the launching machine
 
 
 def check_paths_for_runner(opts, recipe, out_dir: str) -> None:
@@ -83,7 +84,7 @@ def make_options(beam_args: list[str]):
     std = opts.view_as(StandardOptions)
     if std.runner is None:
         std.runner = "DirectRunner"
-    if std.runner in ("Direct", "DirectRunner", "direct"):
+    if std.runner in DIRECT_RUNNERS:
         mode = opts.view_as(DirectOptions).direct_running_mode
         if mode == "multi_threading":
             raise SystemExit(
@@ -104,7 +105,7 @@ def offline_direct_runner(opts):
     ``--runner PrismRunner`` still selects Prism explicitly."""
     from apache_beam.options.pipeline_options import StandardOptions
 
-    if opts.view_as(StandardOptions).runner not in ("Direct", "DirectRunner", "direct"):
+    if opts.view_as(StandardOptions).runner not in DIRECT_RUNNERS:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
