@@ -62,6 +62,22 @@ def build_model(family: str, attn: str = "sdpa", seed: int = 0):
 
 
 # per family: image description per row (original H, W) used to derive token counts
+def decoder_kwargs(model, inputs) -> dict:
+    """The keyword arguments the model passes to its decoder stack on ``model(**inputs)``
+    (``inputs_embeds`` with the image features merged in, ``position_ids``, ...)."""
+    from crop.pruning.plugin import decoder_layers
+
+    stack, _ = decoder_layers(model)
+    got: dict = {}
+    h = stack.register_forward_pre_hook(lambda m, a, k: got.update(k), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        h.remove()
+    return got
+
+
 def build_inputs(family: str, batch: int = 1, seed: int = 1, sizes_hw=None, prefix=3, suffix=4):
     """input_ids (B, N) = prefix text, image placeholders, suffix text; plus pixel inputs."""
     g = torch.Generator().manual_seed(seed)

@@ -10,7 +10,7 @@ from crop.geometry import Region
 from crop.pruning import attach_fastv, prune_inputs, region_keep_plan, token_layout
 from crop.pruning.plugin import decoder_layers
 
-from pruning_tiny import FAMILIES, build_inputs, build_model
+from pruning_tiny import FAMILIES, build_inputs, build_model, decoder_kwargs
 
 torch.set_num_threads(1)
 K, R = 2, 5
@@ -79,12 +79,7 @@ def test_prune_inputs_qwen_keeps_mrope_positions():
     x = build_inputs("qwen2_vl", batch=1)
     lay = token_layout(model, x)
     plan = region_keep_plan(lay, [Region(4, 4, 7, 7)])
-    stack, _ = decoder_layers(model)
-    got = {}
-    h = stack.register_forward_pre_hook(lambda m, a, k: got.update(k), with_kwargs=True)
-    with torch.no_grad():
-        model(**x)
-    h.remove()
+    got = decoder_kwargs(model, x)
     out = prune_inputs(model, x, plan)
     keep = np.setdiff1d(np.arange(x["input_ids"].shape[1]), plan.drop[0])
     torch.testing.assert_close(out["position_ids"], got["position_ids"][:, :, keep])

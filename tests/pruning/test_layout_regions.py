@@ -9,10 +9,9 @@ import torch
 from crop.geometry import Region, full_region
 from crop.pruning import budget_rect, center_region, random_region, region_keep_plan, token_layout
 from crop.pruning.layout import ViewGrid
-from crop.pruning.plugin import decoder_layers
 from crop.pruning.region_map import map_box_to_view
 
-from pruning_tiny import IMG, build_inputs, build_model
+from pruning_tiny import IMG, build_inputs, build_model, decoder_kwargs
 
 torch.set_num_threads(1)
 
@@ -39,12 +38,7 @@ def test_next_newlines_are_where_the_model_puts_image_newline(hw):
     model = build_model("llava_next")
     x = build_inputs("llava_next", batch=1, sizes_hw=[hw])
     lay = token_layout(model, x)[0]
-    stack, _ = decoder_layers(model)
-    got = {}
-    h = stack.register_forward_pre_hook(lambda m, a, k: got.update(k), with_kwargs=True)
-    with torch.no_grad():
-        model(**x)
-    h.remove()
+    got = decoder_kwargs(model, x)
     emb = got["inputs_embeds"][0]  # (N, D)
     is_nl = (emb == model.model.image_newline).all(-1).numpy()
     hi = lay.views[1]

@@ -23,7 +23,6 @@ from PIL import Image
 
 from crop.geometry import full_region
 from crop.pruning import attach_ilp, llava_geometry_of, region_keep_plan, token_layout
-from crop.pruning.plugin import decoder_layers
 
 from pruning_tiny import (
     IMG,
@@ -32,6 +31,7 @@ from pruning_tiny import (
     PROC_TILE,
     build_proc_model,
     build_processor,
+    decoder_kwargs,
     prompt,
 )
 
@@ -288,13 +288,8 @@ def test_next_newlines_match_model_on_processor_outputs():
     """On real processor outputs, the model's image_newline embeddings sit at our newline positions."""
     proc = build_processor("llava_next")
     model = build_proc_model("llava_next")
-    stack, _ = decoder_layers(model)
     x = _run(proc, [Image.new("RGB", (37, 20), BG), Image.new("RGB", (12, 100), BG)], [prompt("llava_next")] * 2)
-    got = {}
-    h = stack.register_forward_pre_hook(lambda m, a, k: got.update(k), with_kwargs=True)
-    with torch.no_grad():
-        model(**x)
-    h.remove()
+    got = decoder_kwargs(model, x)
     for b, lay in enumerate(token_layout(model, x)):
         is_nl = (got["inputs_embeds"][b] == model.model.image_newline).all(-1).numpy()
         np.testing.assert_array_equal(np.flatnonzero(is_nl), lay.views[1].newline_positions)
