@@ -66,14 +66,19 @@ def _overlapping_blocks(lo: Fraction, hi: Fraction, extent: int) -> list[int]:
     ]
 
 
+def _clipped_or_skip(box, w, h):
+    """``clip_box``, or skip the example (hypothesis ``assume``) when the box is rejected."""
+    try:
+        return clip_box(box, w, h)
+    except BoxRejected:
+        assume(False)
+
+
 @FAST
 @given(image_and_box())
 def test_region_is_exactly_the_blocks_the_clipped_box_overlaps(case):
     w, h, box = case
-    try:
-        clipped = clip_box(box, w, h)
-    except BoxRejected:
-        assume(False)
+    clipped = _clipped_or_skip(box, w, h)
     region = box_px_to_region(clipped, w, h)
     x1, y1, x2, y2 = (Fraction(v) for v in clipped)
     xs = _overlapping_blocks(x1, x2, w)
@@ -88,10 +93,7 @@ def test_region_is_exactly_the_blocks_the_clipped_box_overlaps(case):
 @given(image_and_box())
 def test_region_pixel_rectangle_covers_the_clipped_box(case):
     w, h, box = case
-    try:
-        clipped = clip_box(box, w, h)
-    except BoxRejected:
-        assume(False)
+    clipped = _clipped_or_skip(box, w, h)
     region = box_px_to_region(clipped, w, h)
     rx1, ry1, rx2, ry2 = region_to_box_px(region, w, h)
     x1, y1, x2, y2 = clipped
@@ -219,10 +221,7 @@ def test_metric_properties(a, b):
 def test_region_is_monotone_under_containment(case, tx1, tx2, ty1, ty2):
     # A box inside another box never gets a larger region.
     w, h, outer = case
-    try:
-        outer = clip_box(outer, w, h)
-    except BoxRejected:
-        assume(False)
+    outer = _clipped_or_skip(outer, w, h)
     # an inner box at fractions t of the outer one, clamped into it against rounding
     ox1, oy1, ox2, oy2 = outer
     ix = sorted(min(ox2, max(ox1, ox1 + (ox2 - ox1) * t)) for t in (tx1, tx2))
