@@ -20,13 +20,14 @@ import warnings
 from PIL import Image
 
 from crop.contract import instruction_record, region_record
+from crop.data.safety import IMAGE_FORMATS
 
 from pipelines.sources import STAGE_IMAGE, Rejected, boxes_to_region
 
-EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
-"""Formats stored in shards, and the only Pillow plugins allowed to open an input image: the
-training loader reads exactly these (``crop.data.safety.IMAGE_FORMATS``), and plugins such as
-EPS or PSD, which call external tools, never see a misnamed file. Other formats are rejects."""
+EXT_BY_FORMAT = {fmt: {"JPEG": "jpg"}.get(fmt, fmt.lower()) for fmt in IMAGE_FORMATS}
+"""Member extension per format. The formats are the training loader's own list
+(``crop.data.safety.IMAGE_FORMATS``): shards hold only what the loader decodes, and plugins such
+as EPS or PSD, which call external tools, never see a misnamed input. Other formats are rejects."""
 
 
 def inspect_image(data: bytes, check: str = "header") -> tuple[int, int, str]:
@@ -34,7 +35,7 @@ def inspect_image(data: bytes, check: str = "header") -> tuple[int, int, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=tuple(EXT_BY_FORMAT))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             fmt = img.format
             w, h = img.size
             if check == "full" or fmt not in ("JPEG", "PNG"):

@@ -178,3 +178,10 @@ def test_cot_line_bytes_are_strict_utf8():
     with pytest.raises(Rejected) as e:
         parse_cot_line("gqa", ["cot/gqa"], "gqa_cot_train.jsonl", 7, bad, **KW)
     assert e.value.reason == "malformed_json" and "not UTF-8" in str(e.value.detail)
+
+
+def test_builder_writes_exactly_the_contract_image_extensions():
+    from crop.contract import IMAGE_MEMBER_EXTS
+    from pipelines.finalize import EXT_BY_FORMAT
+
+    assert sorted(EXT_BY_FORMAT.values()) == sorted(IMAGE_MEMBER_EXTS)
