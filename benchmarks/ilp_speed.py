@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from crop.compat import cache_kwarg, cache_of_output
 from crop.pruning import attach_fastv, attach_ilp, region_keep_plan
 from crop.pruning.layout import SampleLayout, ViewGrid
 
@@ -265,14 +266,14 @@ def run_once(model, cfg: Config, lay: SampleLayout, ids: torch.Tensor, k: int, d
             sync(device)
             wall = time.perf_counter() - t
             cpu = time.process_time() - c - ((mem.cpu_s() - s) if mem else 0.0)  # minus the RSS sampler's CPU
-            cache = out.past_key_values
+            cache = cache_of_output(out)
             kv = kv_bytes(cache)
             nxt = out.logits[:, -1:].argmax(-1)  # (1, 1)
             mask = torch.ones(1, ids.shape[1], dtype=torch.long, device=ids.device)
             t = time.perf_counter()
             for _ in range(decode):
                 mask = torch.cat([mask, mask[:, :1]], 1)  # (1, N + step)
-                out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=nxt, attention_mask=mask, use_cache=True, logits_to_keep=1, **{cache_kwarg(): cache})
                 nxt = out.logits[:, -1:].argmax(-1)
             sync(device)
             dec = (time.perf_counter() - t) / max(decode, 1)

@@ -194,7 +194,9 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
         msg = f"recipe cap for {source} is {spec.cap} but only {len(unique)} valid records exist; taking all"
         if recipe.strict_caps:
             raise ValueError(msg + " (strict_caps is set)")
-        log.warning(msg)
+        # information, not a warning: a cap is an upper bound (the summary and stats.json report
+        # the shortfall); recipes that need the exact count set strict_caps.
+        log.info(msg)
     taken = sum(mult[h] for h in unique[:n])
     return source, {"selected_hashes": unique[:n], "selected": n, "available": len(unique),
                     "capped": sum(mult.values()) - taken, "wanted": wanted}

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from crop.compat import cache_of_kwargs
 from crop.pruning import guards
 from crop.pruning.layout import SampleLayout
 from crop.pruning.plugin import PruneHandle, check_supported
@@ -106,7 +107,7 @@ class FastVHandle(PruneHandle):
         return self.plan
 
     def _pre_select(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of_kwargs(kwargs)
         prefill = cache is None or cache.get_seq_length(self.layer - 1) == 0
         self._captured = None
         if prefill and not (self.freeze and self.plan is not None):

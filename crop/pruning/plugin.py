@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from crop.compat import cache_of_kwargs, check_transformers_version
 from crop.pruning import guards
 from crop.pruning.gather import decode_mask, gather_mask, gather_seq, keep_index, keep_slots, prefill_mask
 from crop.pruning.region_map import KeepPlan
@@ -157,6 +158,7 @@ class PruneHandle:
         if _is_compiled(model):
             raise RuntimeError(f"{COMPILE_MESSAGE}: attach to the uncompiled model")
         check_supported(model, layer)
+        check_transformers_version(f"{self.kind} pruning")
         self.model = model
         self.layer = layer
         self.plan = plan
@@ -198,7 +200,7 @@ class PruneHandle:
         """Model-level guard: no ``labels``; at a prefill, the prompt must be the plan's."""
         if kwargs.get("labels") is not None:
             raise ValueError(guards.LABELS_MESSAGE)
-        cache = kwargs.get("past_key_values")
+        cache = cache_of_kwargs(kwargs)
         if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
             return None  # decode step: its prefill was checked
         if torch.compiler.is_compiling():
@@ -213,7 +215,7 @@ class PruneHandle:
         return None
 
     def _pre_first(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of_kwargs(kwargs)
         _check_runtime(cache)
         h = args[0] if args else kwargs["hidden_states"]
         batch, seq_len = h.shape[:2]
