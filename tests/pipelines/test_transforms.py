@@ -4,7 +4,7 @@ import json
 import os
 
 import apache_beam as beam
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import build
@@ -29,7 +29,7 @@ def test_read_input_yields_lines_with_numbers_and_sources(tmp_path):
     p.write_text(_gqa_line(0) + "\n\n" + _gqa_line(1) + "\n")
     lj = tmp_path / "llava.json"
     lj.write_text(json.dumps([{"id": 1, "conversations": CONV}, {"id": "x", "conversations": CONV}]))
-    with TestPipeline() as p_:
+    with BeamTestPipeline() as p_:
         out = (p_ | beam.Create([("cot_jsonl", "gqa", str(p)), ("llava_json", "llava", str(lj))])
                | beam.FlatMap(build.read_input) | beam.Map(lambda e: (e[0], e[1], e[2])))
         assert_that(out, equal_to([("gqa", "gqa_cot_train.jsonl", 1), ("gqa", "gqa_cot_train.jsonl", 3),
@@ -50,7 +50,7 @@ def test_parse_splits_candidates_and_rejects():
            ("gqa", "gqa_cot_train.jsonl", 2, _gqa_line(2, bboxs=[])),
            ("llava", "l.json", 1, {"id": 5, "conversations": CONV}),
            ("llava", "l.json", 2, {"id": 6})]
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         res = p | beam.Create(els) | beam.ParDo(build.ParseFn(RECIPE)).with_outputs(build.REJECTS, main="ok")
         assert_that(res.ok | "k" >> beam.Map(lambda c: (c["source"], c["line"])),
                     equal_to([("gqa", 1), ("llava", 1)]), label="ok")
@@ -69,7 +69,7 @@ def test_duplicates_meet_in_one_writer_first_by_file_and_line_wins(tmp_path):
     a = parse_llava_item({"id": 7, "image": "coco/a.jpg", "conversations": CONV}, "b.json", 4, seed=0)
     b = parse_llava_item({"id": "7", "image": "coco/a.jpg", "conversations": CONV}, "a.json", 9, seed=0)
     assert a["key"] == b["key"] and a["sort_hash"] == b["sort_hash"]  # same rank, same shard
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         stats = p | beam.Create([(0, [a, b])]) | beam.ParDo(build.WriteShardFn(r, str(tmp_path / "o")))
         assert_that(stats | beam.Map(lambda s: (s["samples"], [(j["file"], j["line"], j["reason"]) for j in s["rejects"]])),
                     equal_to([(1, [("b.json", 5, "duplicate_key")])]))
@@ -84,7 +84,7 @@ def test_select_counts_duplicates_once_for_the_cap():
 def test_select_then_assign_caps_by_hash_and_deals_round_robin():
     cands = [parse_llava_item({"id": i, "conversations": CONV}, "l.json", i, seed=0) for i in range(5)]
     expected = sorted(cands, key=lambda c: c["sort_hash"])[:3]  # bottom-3 by hash (cap 3)
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         cs = p | beam.Create(cands)
         selection = (cs | beam.Map(lambda c: (c["source"], c["sort_hash"]))
                      | beam.CombinePerKey(beam.combiners.ToListCombineFn()) | beam.Map(build.select, RECIPE))
@@ -105,7 +105,7 @@ def test_write_shard_reads_images_and_rejects_missing_ones(tmp_path):
     good = build.ParseFn(r).process(("gqa", "gqa_cot_train.jsonl", 1, _gqa_line(1)))
     missing = build.ParseFn(r).process(("gqa", "gqa_cot_train.jsonl", 2, _gqa_line(2)))
     out = tmp_path / "out"
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         stats = p | beam.Create([(0, [next(good), next(missing)])]) | beam.ParDo(build.WriteShardFn(r, str(out)))
         assert_that(stats | beam.Map(lambda s: (s["shard"], s["samples"], [j["reason"] for j in s["rejects"]])),
                     equal_to([("t-000000.tar", 1, ["missing_image"])]))
