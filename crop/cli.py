@@ -3,6 +3,12 @@
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Adding a command
 means adding one line to ``COMMANDS``; ``crop --help`` stays fast because nothing heavy is
 imported until a command runs.
+
+Errors. A user's mistake (a missing or existing file, a bad config value, an unknown field) reaches
+the user as one line, ``crop NAME: error: <message>``, with exit status 2 (argparse's status for
+usage errors); ``--debug`` anywhere on the command line shows the traceback instead. The commands
+signal such mistakes with the ordinary exception types listed in ``USER_ERRORS``; anything else is
+a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,9 +35,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Exception types the commands raise for a user's mistake (message names the file, field or flag).
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, IsADirectoryError,
+                                                NotADirectoryError, PermissionError, ValueError, KeyError)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crop-toolkit")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (KeyError's repr quotes are dropped)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}"
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    msg = " ".join(str(msg).split()) or type(exc).__name__
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="crop", description=__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if argv[:1] == ["--version"]:
+        print(f"crop-toolkit {_version()}")
+        return 0
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("crop: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            name = argv[0] if argv else "crop"
+            print(f"crop {name}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="crop", description=__doc__.splitlines()[0],
+                                     epilog="--version prints the version; --debug shows tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)

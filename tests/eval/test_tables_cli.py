@@ -50,8 +50,8 @@ def test_score_cli(tmp_path, capsys):
     assert main(["score", "textvqa", str(tmp_path / "a.jsonl"), "--annotation-file", str(tmp_path / "ann.json"),
                  "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["score"] == 100.0    # "two" -> "2"
-    with pytest.raises(ValueError, match="needs `annotation_file`"):
-        main(["score", "textvqa", str(tmp_path / "a.jsonl")])
+    assert main(["score", "textvqa", str(tmp_path / "a.jsonl")]) == 2  # a user error: one line, exit 2
+    assert "needs `annotation_file`" in capsys.readouterr().err
     (tmp_path / "t.jsonl").write_text(json.dumps({"question_id": 5, "text": "yes"}) + "\n")
     assert main(["score", "vqav2", str(tmp_path / "a.jsonl"), "--test-split-file", str(tmp_path / "t.jsonl"),
                  "--submission", str(tmp_path / "up.json")]) == 0
