@@ -6,14 +6,18 @@ Layout of the returned picture (``width`` px wide)::
     |##########################|     screenshot test find rendered images)
     +--------------------------+
     |   image, 8x8 grid lines, |
-    |   region shaded,         |
-    |   source boxes outlined  |
+    |   outside region dimmed, |
+    |   region + boxes outlined|
     +--------------------------+
     | [source] key             |  <- caption: question, answer, target (or the
     | Q: ...  A: ...  Target:  |     first instruction turns)
     +--------------------------+
 
-Drawing order matters for the pixel tests: shade first, then grid lines on top (so they keep
+The region's own pixels are left exactly as they are (a tint over them would change object
+colours: a blue object under a yellow wash reads grey); everything *outside* the region is dimmed
+by scaling RGB by ``OUTSIDE_KEEP`` (same hue, darker), and the region is outlined.
+
+Drawing order matters for the pixel tests: dim first, then grid lines on top (so they keep
 their exact colour), then the region outline and the boxes.
 """
 
@@ -24,7 +28,7 @@ from typing import Mapping, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 GRID_RGB = (255, 255, 255)
-REGION_RGBA = (255, 200, 0, 110)       # translucent fill of the region
+OUTSIDE_KEEP = 0.45                    # outside the region, RGB is scaled by this (dimmed, hue kept)
 REGION_OUTLINE_RGB = (255, 160, 0)
 BOX_RGB = (0, 230, 64)
 CAPTION_BG = (255, 255, 255)
@@ -101,11 +105,11 @@ def render_sample(image: Image.Image | None, record: Mapping, *, width: int = 51
                                    fill=CAPTION_FG, font=font)
     region = record.get("region_blocks")
     if image is not None and region:
-        # shade: alpha-composite a translucent rectangle over the region only
-        overlay = Image.new("RGBA", panel.size, (0, 0, 0, 0))
+        # dim outside the region; paste the untouched region back on top
         x0, y0, x1, y1 = region_rect(region, width, disp_h, grid)
-        ImageDraw.Draw(overlay).rectangle((x0, y0, x1 - 1, y1 - 1), fill=REGION_RGBA)
-        panel = Image.alpha_composite(panel.convert("RGBA"), overlay).convert("RGB")
+        inside = panel.crop((x0, y0, x1, y1))
+        panel = panel.point(lambda v: round(v * OUTSIDE_KEEP))
+        panel.paste(inside, (x0, y0))
     draw = ImageDraw.Draw(panel)
     if image is not None and (region or record.get("kind") == "region"):
         for x in grid_edges(width, grid)[1:-1]:

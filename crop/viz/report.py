@@ -17,6 +17,7 @@ import html
 import io
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 from typing import Iterable, Mapping
 
@@ -27,8 +28,10 @@ body { font: 14px/1.4 sans-serif; margin: 16px 24px; color: #222; background: #f
 table { border-collapse: collapse; margin: 8px 0 16px; } td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; }
 th { text-align: left; background: #eee; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .bar { display: inline-block; height: 10px; background: #4a78c2; }
-.gallery { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-figure { margin: 0; background: #fff; border: 1px solid #ccc; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, var(--thumb)), 1fr));
+           gap: 12px; align-items: start; }
+figure { margin: 0; background: #fff; border: 1px solid #ccc; } img.sample { width: 100%; height: auto; display: block; }
+h2.bad { color: #b00; }
 code { background: #eee; padding: 0 3px; } .muted { color: #777; }
 """
 
@@ -89,12 +92,15 @@ def histogram_svg(by_area: Mapping[int, int], grid: int = 8, width: int = 760, h
     return "".join(parts)
 
 
-def pick_gallery(paths: Iterable[str], n: int, max_scan: int = 5000) -> list[tuple[dict, bytes | None]]:
-    """Up to ``n`` samples, round-robin over sources, from the first ``max_scan`` samples read."""
+def pick_gallery(paths: Iterable[str], n: int, max_scan: int = 5000,
+                 skipped: list[tuple[str, str]] | None = None) -> list[tuple[dict, bytes | None]]:
+    """Up to ``n`` samples, round-robin over sources, from the first ``max_scan`` samples read.
+
+    Damaged shards are skipped and named in ``skipped`` (``crop.viz.show.iter_samples``)."""
     from crop.viz.show import iter_samples
 
     by_source: dict[str, list] = defaultdict(list)
-    for i, (record, image) in enumerate(iter_samples(paths)):
+    for i, (record, image) in enumerate(iter_samples(paths, skipped=[] if skipped is None else skipped)):
         if i >= max_scan:
             break
         bucket = by_source[record.get("source", "?")]
@@ -178,11 +184,17 @@ def build_report(folder: str, out_path: str, n_gallery: int = 24, thumb_width: i
     sec.append(f"<h2>Region size (blocks of the {grid}x{grid} grid)</h2>" + histogram_svg(by_area, grid)
                + f'<p class="muted">{sum(by_area.values())} regions; {grid * grid} blocks = the whole image.</p>')
 
-    figures = []
-    for record, image in pick_gallery(shard_paths([folder]), n_gallery):
+    figures, skipped = [], []
+    for record, image in pick_gallery(shard_paths([folder]), n_gallery, skipped=skipped):
         uri = _png_data_uri(picture(record, image, width=thumb_width, band=GALLERY_BAND))
         figures.append(f'<figure><img class="sample" alt="{esc(record.get("key", ""))}" src="{uri}"></figure>')
     sec.append(f"<h2>Gallery ({len(figures)} samples)</h2><div class=\"gallery\">{''.join(figures)}</div>")
+    if skipped:
+        sec.append('<h2 class="bad">Damaged shards</h2><p>The rest of these shards could not be read '
+                   "(run <code>crop validate</code> on the folder):</p>"
+                   + _table(["shard", "error"], [[shard, reason] for shard, reason in skipped]))
+    for shard, reason in skipped:
+        print(f"crop report: skipped the rest of damaged shard {shard}: {reason}", file=sys.stderr)
 
     shard_rows = [[s.get("shard"), s.get("samples"), s.get("bytes")] for s in manifest.get("shards", [])]
     sec.append(f"<details><summary>{len(shard_rows)} shards</summary>"
@@ -190,7 +202,7 @@ def build_report(folder: str, out_path: str, n_gallery: int = 24, thumb_width: i
 
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>CROP dataset report: {esc(name)}</title><style>{_CSS}</style></head><body>"
+            f"<title>CROP dataset report: {esc(name)}</title><style>:root {{ --thumb: {thumb_width}px; }}{_CSS}</style></head><body>"
             f"<h1>CROP dataset report: <code>{esc(name)}</code></h1>" + "\n".join(sec) + "</body></html>")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as f:

@@ -31,15 +31,32 @@ def shard_paths(targets: Iterable[str]) -> list[str]:
     return paths
 
 
-def iter_samples(paths: Iterable[str], on_error: str = "skip") -> Iterator[tuple[dict, bytes | None]]:
-    """``(record, image bytes or None)`` for every sample of the shards, in order."""
+def iter_samples(paths: Iterable[str], on_error: str = "skip",
+                 skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[dict, bytes | None]]:
+    """``(record, image bytes or None)`` for every sample of the shards, in order.
+
+    A shard that cannot be read to its end (truncated, corrupt tar header, unreadable file) is
+    left at the failure: the samples read before it are kept, the rest of that shard is skipped,
+    ``(shard name, reason)`` is appended to ``skipped`` and the next shard is read. A picture
+    tool should show what it can of a damaged dataset and name the damage, not stop at it
+    (``crop validate`` is the tool that judges the whole dataset).
+    """
+    import tarfile
+    import zlib
+
     from crop.data.safety import ErrorPolicy, decode_json, iter_shard_samples
 
     policy = ErrorPolicy(on_error)
     for path in paths:
-        with open(path, "rb") as f:
-            for raw in iter_shard_samples(f, os.path.basename(path), policy):
-                yield decode_json(raw.json_bytes, f"{path}:{raw.key}.json"), raw.image_bytes
+        try:
+            with open(path, "rb") as f:
+                for raw in iter_shard_samples(f, os.path.basename(path), policy):
+                    yield decode_json(raw.json_bytes, f"{path}:{raw.key}.json"), raw.image_bytes
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            if skipped is None:
+                raise
+            skipped.append((os.path.basename(path), reason))
 
 
 def picture(record: dict, image_bytes: bytes | None, *, width: int = 512,
@@ -52,12 +69,15 @@ def picture(record: dict, image_bytes: bytes | None, *, width: int = 512,
 
 
 def show(targets: Iterable[str], out_dir: str, n: int = 16, keys: Iterable[str] | None = None,
-         width: int = 512) -> list[str]:
-    """Write ``<out_dir>/<key>.png`` for the first ``n`` samples (or exactly ``keys``); return paths."""
+         width: int = 512, skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Write ``<out_dir>/<key>.png`` for the first ``n`` samples (or exactly ``keys``); return paths.
+
+    Damaged shards are skipped and named in ``skipped`` (see :func:`iter_samples`)."""
     wanted = set(keys or ())
     os.makedirs(out_dir, exist_ok=True)
     written: list[str] = []
-    for record, image_bytes in iter_samples(shard_paths(targets)):
+    skipped = [] if skipped is None else skipped
+    for record, image_bytes in iter_samples(shard_paths(targets), skipped=skipped):
         if wanted and record.get("key") not in wanted:
             continue
         path = os.path.join(out_dir, f"{record['key']}.png")
@@ -86,11 +106,17 @@ def run(args) -> int:
     if args.n < 1 or args.width < 64:
         print("crop show: --n must be >= 1 and --width >= 64")
         return 2
+    import sys
+
+    skipped: list[tuple[str, str]] = []
     try:
-        written = show(args.targets, args.out, n=args.n, keys=args.keys, width=args.width)
+        written = show(args.targets, args.out, n=args.n, keys=args.keys, width=args.width, skipped=skipped)
     except (FileNotFoundError, KeyError) as e:
-        print(f"crop show: {e.args[0] if e.args else e}")
+        print(f"crop show: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    finally:
+        for shard, reason in skipped:
+            print(f"crop show: skipped the rest of damaged shard {shard}: {reason}", file=sys.stderr)
     for path in written:
         print(path)
     return 0

@@ -121,9 +121,20 @@ def test_report_renders_images_in_headless_chromium(built, tmp_path):
     shot = _screenshot(browser, out, tmp_path, "report")
     assert shot.size == (1200, 2000)
     n = len(info["records"])
-    band_px = _count_near(shot, report.GALLERY_BAND)
-    expected = n * 320 * draw.BAND_HEIGHT
-    assert 0.9 * expected <= band_px <= 1.1 * expected, (band_px, expected)
+    import numpy as np
+
+    px = np.asarray(shot).astype(int)
+    band = (np.abs(px - np.array(report.GALLERY_BAND)) <= 6).all(-1)  # (H, W)
+    rows = np.flatnonzero(band.any(1))
+    first = band[rows[0]]
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], first.astype(int), [0]])))
+    widths = edges[1::2] - edges[::2]  # run lengths of band pixels in the first band row
+    col_w = int(np.median(widths))
+    # the gallery fills the page: columns at least the thumbnail width, together spanning the body
+    assert col_w >= 320 and (edges[-1] - edges[0]) > 0.9 * (1200 - 2 * 24), (col_w, edges)
+    expected = n * col_w * draw.BAND_HEIGHT * col_w / 320  # each picture scaled to the column width
+    band_px = int(band.sum())
+    assert 0.9 * expected <= band_px <= 1.1 * expected, (band_px, expected, col_w)
     # the image content itself was painted too: the blue GQA picture, not only the bands
     assert _count_near(shot, (40, 40, 200)) > 5000
     # control: the same page with undecodable images paints no band at all
@@ -137,3 +148,18 @@ def test_histogram_svg_scales_to_max():
     heights = {int(a): float(h) for h, a in re.findall(r'height="([0-9.]+)"[^>]*><title>(\d+) blocks', svg)}
     assert heights[1] == pytest.approx(2 * heights[64]) and heights[2] == 0.0
     json.dumps(svg)  # plain text
+
+
+def test_report_skips_a_truncated_shard_and_lists_it(tmp_path, capsys):
+    import tarfile
+
+    tinyshards.make_dataset(tmp_path / "ds", shards=2)
+    first = sorted((tmp_path / "ds").glob("tiny-*.tar"))[0]
+    with tarfile.open(first) as tf:
+        m = tf.getmembers()[1]
+    first.write_bytes(first.read_bytes()[: m.offset_data + 1])
+    out = report.build_report(str(tmp_path / "ds"), str(tmp_path / "r.html"))
+    page = open(out, encoding="utf-8").read()
+    assert "Damaged shards" in page and first.name in page
+    assert len(_images(page)) > 0  # the other shard still fills the gallery
+    assert f"skipped the rest of damaged shard {first.name}" in capsys.readouterr().err

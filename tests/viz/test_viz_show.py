@@ -32,27 +32,27 @@ def _cell_centre(bx, by):
     return bx * 40 + 20, by * 30 + 15
 
 
-def _blend(c, f, a):
-    return tuple(round(ci * (1 - a / 255) + fi * a / 255) for ci, fi in zip(c, f))
+DIM = tuple(round(c * draw.OUTSIDE_KEEP) for c in COLOUR)
 
 
-def test_region_cells_shaded_and_outside_untouched(pic):
-    shaded = _blend(COLOUR, draw.REGION_RGBA[:3], draw.REGION_RGBA[3])
+def test_region_colours_untouched_and_outside_dimmed_with_the_same_hue(pic):
+    """Inside the region the image's own colours (a blue stays blue); outside, darker but same hue."""
+    import colorsys
+
     for by in range(8):
         for bx in range(8):
             px = pic.getpixel(_cell_centre(bx, by))
             inside = REGION[0] <= bx <= REGION[2] and REGION[1] <= by <= REGION[3]
-            if inside:
-                assert all(abs(p - s) <= 2 for p, s in zip(px, shaded)), (bx, by, px, shaded)
-            else:
-                assert px == COLOUR, (bx, by, px)
+            assert px == (COLOUR if inside else DIM), (bx, by, px)
+    hue = lambda c: colorsys.rgb_to_hsv(*(v / 255 for v in c))[0]
+    assert abs(hue(DIM) - hue(COLOUR)) < 0.01 and sum(DIM) < sum(COLOUR) * 0.6
 
 
 def test_grid_lines_at_every_block_boundary(pic):
     y_out = _cell_centre(0, 6)[1]   # a row outside the region
     for x in draw.grid_edges(W, 8)[1:-1]:
         assert pic.getpixel((x, y_out)) == draw.GRID_RGB, x
-        assert pic.getpixel((x + 3, y_out)) == COLOUR  # lines are thin
+        assert pic.getpixel((x + 3, y_out)) == DIM  # lines are thin
     x_out = _cell_centre(7, 0)[0]
     for y in draw.grid_edges(240, 8)[1:-1]:
         assert pic.getpixel((x_out, y)) == draw.GRID_RGB, y
@@ -62,7 +62,7 @@ def test_source_box_outlined(pic):
     # box (86, 50)-(106, 64) px scales to (172, 100)-(212, 128): edges 2 px wide, inside unfilled
     for xy in ((172, 114), (173, 114), (212, 114), (190, 100), (190, 128)):
         assert pic.getpixel(xy) == draw.BOX_RGB, xy
-    assert pic.getpixel((190, 114)) == COLOUR
+    assert pic.getpixel((190, 114)) == DIM  # inside the box, outside the region
 
 
 def test_caption_area_below_image_has_text(pic):
@@ -81,7 +81,7 @@ def test_band_is_solid_and_shifts_the_image():
     pic = draw.render_sample(Image.new("RGB", (160, 120), COLOUR), rec, width=W, band=(255, 0, 255))
     band = pic.crop((0, 0, W, draw.BAND_HEIGHT)).getcolors()
     assert band == [(W * draw.BAND_HEIGHT, (255, 0, 255))]
-    assert pic.getpixel((20, draw.BAND_HEIGHT + 15)) == COLOUR
+    assert pic.getpixel((20, draw.BAND_HEIGHT + 15)) == DIM  # block (0, 0), outside the region
 
 
 def test_text_only_sample_has_placeholder_and_no_grid():
@@ -104,5 +104,28 @@ def test_show_cli_renders_first_n_and_by_key(tmp_path, capsys):
     assert Image.open(tmp_path / "b" / f"{keys[0]}.png").width == 200
     capsys.readouterr()
     assert main(["show", str(tmp_path / "ds"), "--out", str(tmp_path / "c"), "--keys", "nope-1"]) == 2
-    assert "nope-1" in capsys.readouterr().out
+    assert "nope-1" in capsys.readouterr().err  # errors go to stderr
     assert main(["show", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+
+
+def _truncate_first_shard(folder) -> tuple[str, int]:
+    """Cut the first shard in the middle of its second member's data; return (name, samples kept)."""
+    import tarfile
+
+    first = sorted(folder.glob("tiny-*.tar"))[0]
+    with tarfile.open(first) as tf:
+        members = tf.getmembers()
+    cut = members[1].offset_data + members[1].size // 2 if members[1].size > 1 else members[2].offset_data + 1
+    first.write_bytes(first.read_bytes()[:cut])
+    return first.name, len(members)
+
+
+def test_show_skips_a_truncated_shard_names_it_and_renders_the_rest(tmp_path, capsys):
+    info = tinyshards.make_dataset(tmp_path / "ds", shards=2)
+    name, _ = _truncate_first_shard(tmp_path / "ds")
+    assert main(["show", str(tmp_path / "ds"), "--out", str(tmp_path / "png"), "--n", "1000"]) == 0
+    out, err = capsys.readouterr()
+    assert f"skipped the rest of damaged shard {name}" in err and "unexpected end of data" in err
+    pngs = list((tmp_path / "png").glob("*.png"))
+    assert 0 < len(pngs) < len(info["records"])  # the intact shard rendered, the damaged one cut short
+    assert len(out.splitlines()) == len(pngs)
