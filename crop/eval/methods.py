@@ -21,6 +21,7 @@ import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from crop.eval.config import MethodConfig
+from crop.eval.keys import row_keys
 from crop.eval.scorers.common import read_jsonl
 
 if TYPE_CHECKING:
@@ -51,10 +52,10 @@ class RegionSource:
         self.table: dict[str, Any] = {}
         self.localizer = None
         if method.regions:
-            for i, row in enumerate(read_jsonl(method.regions)):
-                key = row.get("key", row.get("question_id"))
+            rows = read_jsonl(method.regions)
+            for i, (row, key) in enumerate(zip(rows, row_keys(rows, str(method.regions)))):  # crop.eval.keys
                 value = row.get("region_blocks", row.get("region"))
-                if key is None or value is None:
+                if value is None:
                     raise ValueError(f"{method.regions}:{i + 1}: row needs key and region_blocks (or region)")
                 self.table[str(key)] = parse_region_value(value, f"{method.regions}:{i + 1}")
         elif method.localizer:

@@ -15,10 +15,11 @@ The conversation template is ``vicuna_v1``: ``"<system> USER: <image>\\n<message
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from crop.eval.keys import question_keys
 
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -62,13 +63,7 @@ def textvqa_text(question: str, ocr_tokens: list[str]) -> str:
 
 
 def _with_keys(rows: list[dict[str, Any]]) -> list[str]:
-    seen: Counter = Counter()
-    keys = []
-    for row in rows:
-        qid = str(row["question_id"])
-        keys.append(qid if seen[qid] == 0 else f"{qid}#{seen[qid]}")
-        seen[qid] += 1
-    return keys
+    return question_keys(row["question_id"] for row in rows)  # the one key rule: crop.eval.keys
 
 
 def load_jsonl_questions(path: str | Path) -> list[EvalItem]:
@@ -93,6 +88,7 @@ def load_scienceqa_questions(path: str | Path) -> list[EvalItem]:
     with open(path, encoding="utf-8") as f:
         rows = json.load(f)
     items = []
+    sqa_keys = question_keys(row.get("id") for row in rows)  # the one key rule: crop.eval.keys
     for i, row in enumerate(rows):
         try:
             human = row["conversations"][0]["value"]
@@ -104,7 +100,7 @@ def load_scienceqa_questions(path: str | Path) -> list[EvalItem]:
         prompt = f"{IMAGE_PLACEHOLDER}\n{message}" if image else message
         lines = qs.split("\n")
         question = next((l[len("Question: "):] for l in lines if l.startswith("Question: ")), lines[0])
-        items.append(EvalItem(key=str(row["id"]), question_id=row["id"], image=image, message=message,
+        items.append(EvalItem(key=sqa_keys[i], question_id=row["id"], image=image, message=message,
                               prompt=prompt, question=question))
     return items
 

@@ -1,8 +1,10 @@
 """``crop predict-regions``: predict block regions for (image, question) pairs with a localizer.
 
-Input: shard tars / dataset folders (samples with an image and a question) or a JSONL file of
-``{"image": path, "question": str, ...}`` rows. Output: JSONL, one row per input in order:
-``{"key", "question", "region_blocks", "raw", "status"}`` (status = strict | lenient | fallback).
+Input: shard tars / dataset folders (samples with an image and a question), a JSONL file of
+``{"image": path, "question": str, ...}`` rows, or one of LLaVA-1.5's question files as published
+(:func:`question_rows`). Output: JSONL, one row per input in order:
+``{"key", "question", "region_blocks", "raw", "status"}`` (status = strict | lenient | fallback);
+``key`` follows :mod:`crop.eval.keys`, so the file is a ``method.regions`` file for ``crop eval``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Iterator
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="localizer folder or Hub id (e.g. a train-localizer output)")
     parser.add_argument("--input", required=True, nargs="+",
-                        help="shard tars, dataset folders, or one .jsonl file with image/question rows")
+                        help="shard tars, dataset folders, or one .jsonl file with image/question rows "
+                             "(LLaVA-1.5 question files llava_*.jsonl / llava_test_CQM-A.json as they are)")
     parser.add_argument("--image-root", default="", help="prefix for relative image paths in a .jsonl input")
     parser.add_argument("--output", required=True, help="output JSONL path")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -26,25 +29,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
 
 
+def question_rows(path: str) -> Iterator[dict]:
+    """``{"key", "image", "question", "row"}`` per question of a JSON(L) input, images not loaded.
+
+    Accepted: rows of ``{"image", "question"}`` (``key`` / ``question_id`` optional), or LLaVA-1.5's
+    published question files as they are -- ``llava_*.jsonl`` (``question_id``, ``image``, ``text``:
+    the question is the first line of ``text``) and ScienceQA's ``llava_test_CQM-A.json`` (problems
+    without an image are skipped: they get no region). Keys follow :mod:`crop.eval.keys`, so a
+    question file gives the same keys here as in ``crop eval`` (which reads it with
+    :func:`crop.eval.prompts.load_questions`).
+    """
+    from crop.eval.keys import row_keys
+    from crop.eval.prompts import load_questions
+    from crop.eval.scorers.common import read_jsonl
+
+    rows = read_jsonl(path) if path.endswith(".jsonl") else None
+    if rows is not None and all("question" in r and "image" in r for r in rows):
+        for row, key in zip(rows, row_keys(rows, path)):
+            yield {"key": key, "question": row["question"], "image": row["image"], "row": row}
+        return
+    for item in load_questions("scienceqa" if path.endswith(".json") else "llava_jsonl", path):
+        if item.image:
+            yield {"key": item.key, "question": item.question, "image": item.image,
+                   "row": {"question_id": item.question_id, "image": item.image}}
+
+
 def iter_jsonl_questions(path: str, image_root: str) -> Iterator[dict]:
-    """Rows of ``{"image", "question"}`` -> samples with a loaded image (``key`` = row id or index)."""
+    """:func:`question_rows` with each image loaded from ``image_root``."""
     from PIL import Image
 
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for field in ("image", "question"):
-                if field not in row:
-                    raise ValueError(f"{path}:{i + 1}: row lacks {field!r}")
-            image = Image.open(os.path.join(image_root, row["image"])).convert("RGB")
-            yield {"key": str(row.get("key", row.get("question_id", i))), "question": row["question"],
-                   "image": image, "row": row}
+    for q in question_rows(path):
+        yield {**q, "image": Image.open(os.path.join(image_root, q["image"])).convert("RGB")}
 
 
 def iter_inputs(inputs: list[str], image_root: str) -> Iterator[dict]:
-    if len(inputs) == 1 and inputs[0].endswith(".jsonl"):
+    if len(inputs) == 1 and inputs[0].endswith((".jsonl", ".json")):
         yield from iter_jsonl_questions(inputs[0], image_root)
         return
     from crop.train.localizer_stream import iter_shard_samples

@@ -1,0 +1,78 @@
+"""The one question-key rule (crop.eval.keys) and everything that must agree on it."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crop.eval.keys import escape_id, question_key, question_keys, row_keys
+from crop.eval.prompts import load_questions
+
+SUFFIX = "Answer the question using a single word or phrase."
+# ids as they appear in LLaVA's files (ints, image ids, MME paths) plus the characters the rule escapes
+ids = st.one_of(st.integers(-3, 3), st.sampled_from(["a", "a#1", "a%231", "1", "x/1.jpg", "#", "%", "%23", ""]),
+                st.text(alphabet="a1#%/", max_size=4))
+
+
+def test_repeats_in_order_of_appearance():
+    # LLaVA's TextVQA file uses the image id as question_id: three questions on image "img"
+    assert question_keys(["img", "img2", "img", "img"]) == ["img", "img2", "img#1", "img#2"]
+    assert question_keys([5, "5"]) == ["5", "5#1"]     # ids compared as strings, as the scorers do
+
+
+def test_plain_ids_are_unchanged_and_special_characters_escaped():
+    assert question_keys(["artwork/images/14777.jpg", 34602]) == ["artwork/images/14777.jpg", "34602"]
+    assert escape_id("a#1") == "a%231" and escape_id("50%") == "50%25"
+    # without the escape the raw id "a#1" would take the key of the second "a"
+    assert question_keys(["a", "a", "a#1"]) == ["a", "a#1", "a%231"]
+
+
+@given(st.lists(ids, max_size=12))
+def test_keys_never_collide(qids):
+    keys = question_keys(qids)
+    assert len(set(keys)) == len(keys)
+
+
+@given(ids, st.integers(0, 5), ids, st.integers(0, 5))
+def test_key_is_injective(a, n, b, m):
+    if question_key(a, n) == question_key(b, m):
+        assert (str(a), n) == (str(b), m)
+
+
+def test_row_keys_of_region_files():
+    rows = [{"key": "img#1", "region_blocks": [0, 0, 1, 1]},
+            {"question_id": "img"}, {"question_id": "img"}, {"other": 1}]
+    # explicit keys as given; question ids numbered among the rows without a key; else the row index
+    with pytest.raises(ValueError, match="rows 1 and 3 have the same question key 'img#1'"):
+        row_keys(rows, "r.jsonl")
+    assert row_keys(rows[1:], "r.jsonl") == ["img", "img#1", "2"]
+
+
+def test_eval_items_and_predict_regions_share_keys(tmp_path):
+    """crop eval's items and predict-regions' input rows get the same keys from a LLaVA question file."""
+    from crop.models.localizer_cmd import question_rows
+
+    rows = [{"question_id": "img", "image": "img.jpg", "text": f"What brand?\nReference OCR token: A\n{SUFFIX}"},
+            {"question_id": "img", "image": "img.jpg", "text": f"What year?\n{SUFFIX}"},
+            {"question_id": "img2", "image": "img2.jpg", "text": f"What colour?\n{SUFFIX}"}]
+    qf = tmp_path / "llava_textvqa_val_v051_ocr.jsonl"
+    qf.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_questions("textvqa", qf)
+    assert [it.key for it in items] == ["img", "img#1", "img2"]
+    converted = list(question_rows(str(qf)))
+    assert [(r["key"], r["image"], r["question"]) for r in converted] == [
+        ("img", "img.jpg", "What brand?"), ("img#1", "img.jpg", "What year?"), ("img2", "img2.jpg", "What colour?")]
+
+
+def test_scienceqa_question_file_for_predict_regions(tmp_path):
+    from crop.models.localizer_cmd import question_rows
+
+    sqa = [{"id": "4", "image": "4/image.png", "conversations": [
+               {"from": "human", "value": "<image>\nContext: x\nQuestion: Which animal?\nOptions: (A) cat (B) dog"}]},
+           {"id": "9", "conversations": [{"from": "human", "value": "Question: Text only?\nOptions: (A) a (B) b"}]}]
+    qf = tmp_path / "llava_test_CQM-A.json"
+    qf.write_text(json.dumps(sqa))
+    # only problems with an image get a region
+    assert [(r["key"], r["image"], r["question"]) for r in question_rows(str(qf))] == [
+        ("4", "4/image.png", "Which animal?")]
