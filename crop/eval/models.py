@@ -22,23 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from crop.eval.config import EvalConfig
+from crop.models.llava_view import view_geometry, view_image
 
 MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
                  "qwen2_vl": "Qwen2VLForConditionalGeneration"}
 QWEN_MAX_LENGTH = 32768  # prompt tokens; Qwen2-VL's default pixel budget allows ~16k visual tokens
-
-
-def expand2square(image: Any, background: tuple[int, int, int]) -> Any:
-    """LLaVA-1.5's ``image_aspect_ratio=pad``: centre the image on a square of the mean colour."""
-    from PIL import Image
-
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas
 
 
 @dataclass
@@ -60,20 +48,16 @@ class Frontend:
     @property
     def llava_geometry(self) -> str:
         """How ``crop.pruning.region_keep_plan`` maps a region into a LLaVA-1.5 view."""
-        if self.padded:
-            return "pad_square"
-        return "center_crop" if getattr(self.image_processor, "do_center_crop", False) else "resize"
+        return view_geometry(self.image_processor, self.padded)
 
     @property
     def image_placeholder(self) -> str:
         return getattr(self.processor, "image_token", None) or "<image>"
 
     def prepare_image(self, image: Any) -> Any:
-        """The RGB image the processor sees (padded to a square for LLaVA-1.5's eval)."""
-        if not self.padded:
-            return image
-        mean = getattr(self.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
-        return expand2square(image, tuple(int(x * 255) for x in mean))
+        """The RGB image the processor sees (padded to a square for LLaVA-1.5's eval); the same
+        :func:`crop.models.llava_view.view_image` ``crop train-plc`` trains on."""
+        return view_image(image, self.image_processor, self.padded)
 
     def messages(self, message: str, has_image: bool) -> list[dict]:
         """One user turn, image first (as ``crop.eval.prompts.chat_template_prompt`` renders it)."""

@@ -9,7 +9,8 @@ LLaVA-1.5 evaluates with greedy decoding and these user messages:
   ``"\\nAnswer with the option's letter from the given choices directly."``; the answer file's
   ``prompt`` starts with ``"<image>\\n"`` for problems with an image (the scorer's IMG rule).
 
-The conversation template is ``vicuna_v1``: ``"<system> USER: <image>\\n<message> ASSISTANT:"``.
+The conversation template is ``vicuna_v1``: ``"<system> USER: <image>\\n<message> ASSISTANT:"``
+(:mod:`crop.models.llava_conversation`, shared with ``crop train-plc``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from crop.eval.keys import question_keys
+from crop.models.llava_conversation import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM, generation_prompt  # noqa: F401 (VICUNA_V1_SYSTEM re-exported)
 
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = "Answer with the option's letter from the given choices directly."
 OCR_PREFIX = "Reference OCR token: "
-VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,9 @@ def load_questions(benchmark: str, path: str | Path) -> list[EvalItem]:
 
 
 def vicuna_v1_prompt(message: str, has_image: bool, image_placeholder: str = IMAGE_PLACEHOLDER) -> str:
-    """``conv_templates['vicuna_v1']`` with one user turn and an open assistant turn."""
-    user = f"{image_placeholder}\n{message}" if has_image else message
-    return f"{VICUNA_V1_SYSTEM} USER: {user} ASSISTANT:"
+    """``conv_templates['vicuna_v1']`` with one user turn and an open assistant turn (built by
+    :mod:`crop.models.llava_conversation`, which ``crop train-plc`` renders its samples with)."""
+    return generation_prompt(message, has_image, image_placeholder)
 
 
 def chat_template_prompt(processor: Any, message: str, has_image: bool) -> str:

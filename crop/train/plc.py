@@ -9,9 +9,18 @@ What trains: PLC + projector + LLM; the vision tower is frozen. Paper defaults: 
 2 epochs. Warm-up 3 % + cosine and weight decay 0 follow LLaVA-1.5's own fine-tuning recipe (the
 paper does not state them).
 
-Samples (dicts ``{"json": record, "image": PIL image or None}``) become LLaVA-1.5 conversations
-(Vicuna-v1 template: ``SYSTEM USER: <image>\\nQ ASSISTANT: A</s>USER: ...``); only the answer tokens
-(and their ``</s>``) carry labels, and ``<image>`` expands to the 68 PLC tokens.
+Trained as evaluated (``crop eval --method plc``):
+
+- the conversation is LLaVA-1.5's ``vicuna_v1`` with its own system prompt, rendered and tokenized
+  by :mod:`crop.models.llava_conversation` (the builder ``crop eval``'s prompts come from): the
+  whole conversation is tokenized in one call, and only the answer tokens (and their ``</s>``)
+  carry labels; ``<image>`` then expands to the 68 PLC tokens;
+- the image is the one ``crop eval`` shows the model (:mod:`crop.models.llava_view`): padded to a
+  square of the processor's mean colour (``data.image_aspect: pad``, LLaVA-1.5's
+  ``image_aspect_ratio=pad``) before the processor, and the context masks are computed for that
+  padded view.
+
+Samples (dicts ``{"json": record, "image": PIL image or None}``) become conversations:
 
 - ``kind == "region"``: question -> short answer (record ``question``/``answer``, with LLaVA's
   short-answer suffix), compressed around the ground-truth ``region_blocks``.
@@ -36,13 +45,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from crop.eval.prompts import SHORT_ANSWER_SUFFIX
+from crop.models.llava_conversation import IGNORE_INDEX, render_vicuna_v1, tokenize_conversation
+from crop.models.llava_view import padded_for
 from crop.models.plc import PLCConfig
 
 log = logging.getLogger(__name__)
 
-VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+SHORT_ANSWER = f"\n{SHORT_ANSWER_SUFFIX}"  # LLaVA's short-answer suffix, as its eval questions end
 FULL_REGION = (0, 0, 7, 7)
 
 
@@ -68,8 +78,8 @@ class DataSection:
     shuffle: bool = True
     shuffle_buffer: int = 256
     seed: int = 0
-    system_prompt: str = VICUNA_SYSTEM
     region_answer_suffix: str = SHORT_ANSWER
+    image_aspect: str = "pad"  # pad (LLaVA-1.5, crop eval's default) | processor (its own view)
     instruction_region: str = "full"
     text_only: str = "feed"  # feed | skip
     max_length: int = 2048  # tokens after expanding <image>; longer samples are skipped
@@ -79,6 +89,9 @@ class DataSection:
             raise ValueError(f"data.instruction_region={self.instruction_region!r}: only 'full' is supported")
         if self.text_only not in ("feed", "skip"):
             raise ValueError(f"data.text_only={self.text_only!r}: choose feed or skip")
+        if self.image_aspect not in ("pad", "processor"):
+            raise ValueError(f"data.image_aspect={self.image_aspect!r}: choose pad or processor "
+                             "(crop eval's model.image_aspect must be the same)")
 
 
 @dataclass
@@ -154,24 +167,21 @@ def conversation_turns(record: dict, has_image: bool, cfg: DataSection) -> list[
     return turns
 
 
-def tokenize_turns(turns: Sequence[tuple[str, str]], tokenizer, system_prompt: str, image_token_id: int,
+def tokenize_turns(turns: Sequence[tuple[str, str]], tokenizer, image_token_id: int,
                    num_image_tokens: int) -> tuple[list[int], list[int]]:
-    """Vicuna-v1 rendering; labels are -100 except on answer tokens and their EOS."""
-    from crop.models.llava_plc import expand_image_tokens
-
-    def enc(text: str) -> list[int]:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return expand_image_tokens(ids, image_token_id, num_image_tokens)
-
-    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    labels = [-100] * len(ids)
-    for i, (human, gpt) in enumerate(turns):
-        prefix = f"{system_prompt} " if i == 0 and system_prompt else ""
-        prompt = enc(f"{prefix}USER: {human} ASSISTANT:")
-        answer = enc(f" {gpt.strip()}") + [tokenizer.eos_token_id]
-        ids += prompt + answer
-        labels += [-100] * len(prompt) + answer
-    return ids, labels
+    """The whole ``vicuna_v1`` conversation in one tokenizer call (crop eval's template and call);
+    labels are -100 except on answer tokens and their EOS; each image token becomes
+    ``num_image_tokens`` placeholders (labels -100)."""
+    eos = tokenizer.eos_token or "</s>"
+    conv = render_vicuna_v1([(human, gpt.strip()) for human, gpt in turns], eos_text=eos)
+    ids, labels = tokenize_conversation(conv, tokenizer)
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    for t, lab in zip(ids, labels):
+        n = num_image_tokens if t == image_token_id else 1
+        out_ids += [t] * n
+        out_labels += [IGNORE_INDEX] * n if t == image_token_id else [lab]
+    return out_ids, out_labels
 
 
 def prepare_sample(sample: dict, cfg: DataSection, tokenizer, image_token_id: int,
@@ -183,7 +193,7 @@ def prepare_sample(sample: dict, cfg: DataSection, tokenizer, image_token_id: in
     turns = conversation_turns(record, image is not None, cfg)
     if isinstance(turns, str):
         return turns
-    ids, labels = tokenize_turns(turns, tokenizer, cfg.system_prompt, image_token_id, num_image_tokens)
+    ids, labels = tokenize_turns(turns, tokenizer, image_token_id, num_image_tokens)
     if len(ids) > cfg.max_length:
         return "too_long"
     region = None
@@ -195,12 +205,34 @@ def prepare_sample(sample: dict, cfg: DataSection, tokenizer, image_token_id: in
     return Example(ids, labels, image, region)
 
 
-def collate(examples: Sequence[Example], image_processor, view: str, grid_hw: tuple[int, int],
+def plc_view(image_processor, padded: bool) -> str:
+    """The view name :func:`crop.models.llava_plc.context_masks` maps regions into (``pad`` for
+    the padded square, else the processor's own), as ``crop eval``'s PLC method names it."""
+    from crop.models.llava_plc import view_of
+
+    return "pad" if padded else view_of(image_processor)
+
+
+def image_inputs(images: Sequence[Any], regions: Sequence[Sequence[int]], image_processor, padded: bool,
+                 grid_hw: tuple[int, int]) -> tuple[Any, Any]:
+    """Original images + their block regions -> ``(pixel_values (B, 3, S, S), context_mask (B, R*C))``.
+
+    The pixels are :func:`crop.models.llava_view.view_image` of each image through the processor,
+    the masks the regions mapped into that same view (computed on the original sizes).
+    """
+    from crop.models.llava_plc import context_masks
+    from crop.models.llava_view import view_image
+
+    pixels = image_processor(images=[view_image(im, image_processor, padded) for im in images],
+                             return_tensors="pt")["pixel_values"]  # (B, 3, S, S)
+    masks = context_masks(list(regions), [im.size for im in images], plc_view(image_processor, padded), grid_hw)
+    return pixels, masks
+
+
+def collate(examples: Sequence[Example], image_processor, padded: bool, grid_hw: tuple[int, int],
             pad_id: int) -> dict:
     """Right-padded batch; images (and their context masks) only for the rows that have one."""
     import torch
-
-    from crop.models.llava_plc import context_masks
 
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
@@ -212,10 +244,8 @@ def collate(examples: Sequence[Example], image_processor, view: str, grid_hw: tu
     batch = {"input_ids": ids, "labels": labels, "attention_mask": attn}
     with_image = [e for e in examples if e.image is not None]
     if with_image:
-        batch["pixel_values"] = image_processor(images=[e.image for e in with_image],
-                                                return_tensors="pt")["pixel_values"]
-        batch["context_mask"] = context_masks([e.region for e in with_image],
-                                              [e.image.size for e in with_image], view, grid_hw)
+        batch["pixel_values"], batch["context_mask"] = image_inputs(
+            [e.image for e in with_image], [e.region for e in with_image], image_processor, padded, grid_hw)
     return batch
 
 
@@ -237,7 +267,6 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
     """Run (or resume) training; returns a summary with the final step, loss and counters."""
     import torch
 
-    from crop.models.llava_plc import view_of
     from crop.train import common
 
     out = Path(cfg.train.output_dir)
@@ -270,7 +299,7 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
         counters.update(state.get("counters", {}))
         log.info("resumed from %s (step %d, epoch %d, %d samples in)", last, step, start_epoch, skip)
 
-    view, grid_hw = view_of(image_processor), model.grid_hw
+    padded, grid_hw = padded_for(cfg.data.image_aspect), model.grid_hw
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     use_autocast = device.type == "cuda" and cfg.model.autocast != "none"
     amp_dtype = getattr(torch, cfg.model.autocast) if use_autocast else None
@@ -317,7 +346,7 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
             if not examples:
                 break
             batch = {k: v.to(device) for k, v in
-                     collate(examples, image_processor, view, grid_hw, pad_id).items()}
+                     collate(examples, image_processor, padded, grid_hw, pad_id).items()}
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(next(model.llava.parameters()).dtype)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_autocast):

@@ -105,15 +105,16 @@ def test_config_errors_name_the_field(override, msg):
 
 
 def test_labels_cover_only_answers_and_image_expands_to_68():
+    from crop.eval.prompts import VICUNA_V1_SYSTEM
+
     tok = byte_tokenizer()
     turns = [("<image>\nWhat?", "red"), ("And?", "blue")]
-    ids, labels = tokenize_turns(turns, tok, "SYS", 259, 68)
+    ids, labels = tokenize_turns(turns, tok, 259, 68)
     assert len(ids) == len(labels) and ids.count(259) == 68
     supervised = [t for t in labels if t != -100]
     assert tok.decode(supervised) == " red</s> blue</s>"
     assert tok.decode([t for t, l in zip(ids, labels) if l == -100 and t != 259]) == \
-        "<s>SYS USER: \nWhat? ASSISTANT:USER: And? ASSISTANT:"
-    assert ids[0] == tok.bos_token_id and labels[0] == -100
+        f"{VICUNA_V1_SYSTEM} USER: \nWhat? ASSISTANT:USER: And? ASSISTANT:"
 
 
 @pytest.mark.parametrize("sample, text_only, expected", [
@@ -128,7 +129,7 @@ def test_labels_cover_only_answers_and_image_expands_to_68():
     ({"json": instruction_sample(5, True)["json"], "image": None}, "feed", "image_missing"),
 ])
 def test_sample_rules(sample, text_only, expected):
-    cfg = DataSection(system_prompt="", region_answer_suffix="", text_only=text_only)
+    cfg = DataSection(region_answer_suffix="", text_only=text_only)
     got = prepare_sample(sample, cfg, byte_tokenizer(), 259, 68)
     if isinstance(expected, str):
         assert got == expected
@@ -139,11 +140,11 @@ def test_sample_rules(sample, text_only, expected):
 
 
 def test_collate_mixed_batch():
-    cfg = DataSection(system_prompt="", region_answer_suffix="")
+    cfg = DataSection(region_answer_suffix="")
     tok = byte_tokenizer()
     exs = [prepare_sample(s, cfg, tok, 259, 68) for s in
            (region_sample(0, "red", size=(48, 48)), instruction_sample(1, False), instruction_sample(2, True))]
-    batch = collate(exs, tiny_image_processor(), "center_crop", (24, 24), tok.pad_token_id)
+    batch = collate(exs, tiny_image_processor(), True, (24, 24), tok.pad_token_id)
     assert batch["pixel_values"].shape == (2, 3, 48, 48)
     expected = region_token_masks(torch.tensor([[2, 2, 5, 5], [0, 0, 7, 7]]), (24, 24)).flatten(1)
     assert torch.equal(batch["context_mask"], expected)
@@ -158,7 +159,7 @@ def test_collate_mixed_batch():
 def mean_loss(model, samples, cfg, tok, proc) -> float:
     exs = [prepare_sample(s, cfg.data, tok, 259, 68) for s in samples]
     with torch.no_grad():
-        return float(model.eval()(**collate(exs, proc, "center_crop", (24, 24), tok.pad_token_id)).loss)
+        return float(model.eval()(**collate(exs, proc, True, (24, 24), tok.pad_token_id)).loss)
 
 
 def test_tiny_llava_plc_overfits_a_small_set(tmp_path):
