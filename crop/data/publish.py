@@ -4,7 +4,8 @@ What goes up is planned from ``manifest.json``, never from a directory listing: 
 names and their ``.stats.json`` markers, ``manifest.json``, ``stats.json``, ``rejects.jsonl`` and
 the card ``README.md``. The plan checks each shard's size against the manifest first, so a
 half-written or stale folder is refused before any network traffic. ``--dry-run`` prints the plan
-and touches nothing.
+and touches nothing; ``--export DIR`` writes exactly the files that would be uploaded into ``DIR``
+(to inspect, or to upload by other means), and needs no network or token.
 
 The upload resumes when re-run: the uploader is ``HfApi.upload_large_folder`` where it exists
 (huggingface_hub 0.25 to 1.x), else ``HfApi.upload_folder``, which in 2.x streams multi-commit
@@ -80,6 +81,35 @@ def describe_plan(plan: list[Upload], repo_id: str, revision: str | None, privat
     return "\n".join(lines)
 
 
+def export(plan: list[Upload], out_dir: str) -> str:
+    """Copy exactly the planned files to ``out_dir`` (created; must not exist or be empty)."""
+    import shutil
+
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise PublishError(f"{out_dir}: exists and is not an empty folder; choose a new --export folder")
+    os.makedirs(out_dir, exist_ok=True)
+    for u in plan:
+        dest = os.path.join(out_dir, u.path_in_repo)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(u.local, dest)
+    return out_dir
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types of a failed Hub request, for the HTTP stack of the installed huggingface_hub
+    (requests in 0.x, httpx in 1.x, httpx2 in 2.x): each is caught only where it is importable."""
+    import importlib
+
+    found: list[type[BaseException]] = [OSError]
+    for module, name in (("requests", "RequestException"), ("httpx", "HTTPError"), ("httpx2", "HTTPError"),
+                         ("huggingface_hub.errors", "HfHubHTTPError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def upload(plan: list[Upload], repo_id: str, *, revision: str | None = None, private: bool = False,
            api=None) -> None:
     """Upload the planned files (all from one folder) to the dataset repo ``repo_id``."""
@@ -104,21 +134,37 @@ def upload(plan: list[Upload], repo_id: str, *, revision: str | None = None, pri
 
 def add_arguments(parser) -> None:
     parser.add_argument("folder", help="built dataset folder (manifest.json, README.md, shards)")
-    parser.add_argument("--repo-id", required=True, help="Hub dataset repository, ORG/NAME")
+    parser.add_argument("--repo-id", help="Hub dataset repository, ORG/NAME (required unless --export)")
     parser.add_argument("--dry-run", action="store_true", help="list what would go where; no network")
+    parser.add_argument("--export", metavar="DIR", default=None,
+                        help="write exactly the files that would be uploaded into DIR (new or empty); no network")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", default=None, help="branch to upload to (created if missing)")
 
 
 def run(args) -> int:
-    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
-        print(f"crop publish: --repo-id must be ORG/NAME, got {args.repo_id!r}")
+    import sys
+
+    if args.export is None and args.repo_id is None:
+        print("crop publish: give --repo-id ORG/NAME (or --export DIR to write the files locally)", file=sys.stderr)
+        return 2
+    if args.repo_id is not None and (args.repo_id.count("/") != 1 or not all(args.repo_id.split("/"))):
+        print(f"crop publish: --repo-id must be ORG/NAME, got {args.repo_id!r}", file=sys.stderr)
         return 2
     try:
         plan = plan_upload(args.folder)
     except PublishError as e:
-        print(f"crop publish: {e}")
+        print(f"crop publish: {e}", file=sys.stderr)
         return 2
+    if args.export is not None:
+        try:
+            export(plan, args.export)
+        except PublishError as e:
+            print(f"crop publish: {e}", file=sys.stderr)
+            return 2
+        print(f"exported {len(plan)} files, {_human(sum(u.size for u in plan))}, to {args.export} "
+              "(exactly what would be uploaded)")
+        return 0
     print(describe_plan(plan, args.repo_id, args.revision, args.private))
     if args.dry_run:
         print("dry run: nothing uploaded")
@@ -126,7 +172,12 @@ def run(args) -> int:
     try:
         upload(plan, args.repo_id, revision=args.revision, private=args.private)
     except PublishError as e:
-        print(f"crop publish: {e}")
+        print(f"crop publish: {e}", file=sys.stderr)
         return 2
+    except network_errors() as e:
+        cause = " ".join(str(e).split()) or type(e).__name__
+        print(f"crop publish: upload to {args.repo_id} failed ({type(e).__name__}: {cause}); "
+              "check the network and rerun: the upload resumes", file=sys.stderr)
+        return 1
     print(f"uploaded to https://huggingface.co/datasets/{args.repo_id}")
     return 0

@@ -168,3 +168,15 @@ def test_write_card_to_fsspec_url(built):
     assert url == "memory://crop-card-test/ds/README.md"
     with fsspec.open(url, "r", encoding="utf-8") as f:
         assert f.read() == path.read_text(encoding="utf-8")
+
+
+def test_docs_list_exactly_the_image_columns_of_the_contract():
+    """docs/dataset_card.md's column table must name the extensions the card declares, no more."""
+    import re
+    from pathlib import Path
+
+    from crop.contract import IMAGE_MEMBER_EXTS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "dataset_card.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `jpg`"))
+    assert tuple(re.findall(r"`(\w+)`", row.split("|")[1])) == IMAGE_MEMBER_EXTS

@@ -110,7 +110,7 @@ def test_no_token_is_a_clear_error(folder, calls, monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "empty_hf_home" / "token"))
     monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "empty_hf_home" / "stored_tokens"))
     assert main(["publish", str(folder), "--repo-id", "org/tiny"]) == 2
-    assert "HF_TOKEN" in capsys.readouterr().out and calls == []
+    assert "HF_TOKEN" in capsys.readouterr().err and calls == []
 
 
 @pytest.mark.parametrize("breakage,message", [
@@ -126,9 +126,57 @@ def test_broken_folders_are_refused_before_upload(folder, calls, capsys, breakag
     else:
         (folder / "tiny-000000.tar").unlink()
     assert main(["publish", str(folder), "--repo-id", "org/tiny"]) == 2
-    assert message in capsys.readouterr().out and calls == []
+    assert message in capsys.readouterr().err and calls == []
 
 
 def test_bad_repo_id(folder, calls, capsys):
     assert main(["publish", str(folder), "--repo-id", "tiny"]) == 2
-    assert "ORG/NAME" in capsys.readouterr().out and calls == []
+    assert "ORG/NAME" in capsys.readouterr().err and calls == []
+
+
+def test_export_writes_exactly_the_upload_and_needs_no_network(folder, calls, tmp_path, capsys):
+    out = tmp_path.parent / (tmp_path.name + "-export")
+    assert main(["publish", str(folder), "--export", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPECTED)  # notes.txt stays behind
+    for name in EXPECTED:
+        assert (out / name).read_bytes() == (folder / name).read_bytes()
+    assert calls == [] and "exactly what would be uploaded" in capsys.readouterr().out
+    assert main(["publish", str(folder), "--export", str(out)]) == 2  # never into a non-empty folder
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def _transport_errors():
+    """The exception a failed connection raises in each HTTP stack huggingface_hub has used."""
+    import importlib
+
+    out = [ConnectionError]
+    for module, name in (("requests", "ConnectionError"), ("httpx", "ConnectError"), ("httpx2", "ConnectError")):
+        try:
+            out.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+@pytest.mark.parametrize("exc_type", _transport_errors(), ids=lambda t: f"{t.__module__}.{t.__name__}")
+def test_network_failure_is_one_line(folder, monkeypatch, capsys, exc_type):
+    """No network: the Hub client's transport error (its class depends on the huggingface_hub
+    release) becomes one line naming the cause, exit 1, no traceback."""
+
+    def offline(self, *args, **kwargs):
+        raise exc_type("[Errno -2] Name or service not known")
+
+    for name in ("create_repo", "upload_folder", "upload_large_folder"):
+        monkeypatch.setattr(HfApi, name, offline, raising=False)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    assert main(["publish", str(folder), "--repo-id", "org/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "upload to org/tiny failed" in err and "rerun" in err
+    assert SECRET not in err
+
+
+def test_network_errors_cover_the_installed_hub_stack():
+    import huggingface_hub.errors
+
+    assert huggingface_hub.errors.HfHubHTTPError in publish.network_errors()
+    assert OSError in publish.network_errors()
