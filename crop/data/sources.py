@@ -147,6 +147,9 @@ def resolve_shards(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> 
                         raise FileNotFoundError(f"{folder}: no manifest.json and no *.tar")
                     refs.extend(ShardRef(t, os.path.basename(t), count_samples(t)) for t in tars)
             else:
+                if _is_local(url) and not os.path.exists(_local_path(url)):
+                    what = "shard" if url.endswith((".tar", ".tar.gz", ".tgz")) else "shard folder or file"
+                    raise FileNotFoundError(f"{url}: no such {what}")
                 refs.append(ShardRef(url, url.rsplit("/", 1)[-1], count_samples(url)))
     if not refs:
         raise ValueError(f"no shards in {list(sources)!r}")

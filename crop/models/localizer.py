@@ -90,6 +90,9 @@ class Localizer:
         import torch
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
+        from crop.models.paths import check_model_source
+
+        path = check_model_source(path, "localizer")
         pixel_kw = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **pixel_kw)
         tokenizer = AutoTokenizer.from_pretrained(path)

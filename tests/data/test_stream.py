@@ -270,3 +270,11 @@ def test_imports_stay_light():
             "import crop.data.stream, crop.data.views, crop.data.safety, crop.data.validate_cmd; "
             "assert not any(m.startswith('apache_beam') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name,what", [("no/such/folder", "no such shard folder or file"),
+                                       ("no/such/shard-000000.tar", "no such shard")])
+def test_missing_local_path_says_it_is_missing(tmp_path, name, what):
+    """A typo in a shard path names the missing path, not a failure to count samples."""
+    with pytest.raises(FileNotFoundError, match=f"{name}: {what}$"):
+        stream.resolve_shards(str(tmp_path / name))
