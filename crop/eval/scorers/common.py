@@ -8,9 +8,10 @@ template), ``text`` (the decoded answer, stripped), ``answer_id``, ``model_id``,
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Hashable, Iterable, Iterator, Mapping
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,31 @@ def soft_accuracy(pred: str, refs: list[str]) -> float:
         matches = sum(1 for j, ref in enumerate(refs) if j != i and ref == pred)
         total += min(1.0, matches / 3.0)
     return total / len(refs)
+
+
+COVERAGE_FIELDS = ("n_questions", "n_answered", "missing", "duplicates", "complete")
+
+
+def coverage(expected: Mapping[Hashable, int], answered: Iterable[Hashable]) -> dict[str, Any]:
+    """How an answer file covers the benchmark's questions, counted on distinct questions.
+
+    ``expected``: question identity -> how many questions of the reference file carry it (1,
+    except where the reference itself repeats a question, e.g. two identical TextVQA rows);
+    ``answered``: the identity of every answer row, in any order (answers to questions outside
+    ``expected`` must be filtered or rejected by the caller).
+
+    * ``n_questions``: questions of the reference; ``n_answered``: those with an answer;
+    * ``missing`` = ``n_questions - n_answered``; ``duplicates``: answer rows beyond one per question;
+    * ``complete``: at least one question, none missing, no duplicates. Counting rows instead
+      would let one missing answer plus one duplicated answer pass for a complete file.
+    """
+    counts = Counter(answered)
+    n_questions = sum(expected.values())
+    n_answered = sum(min(counts.get(k, 0), n) for k, n in expected.items())
+    duplicates = sum(max(0, n - expected.get(k, 0)) for k, n in counts.items())
+    missing = n_questions - n_answered
+    return {"n_questions": n_questions, "n_answered": n_answered, "missing": missing,
+            "duplicates": duplicates, "complete": n_questions > 0 and missing == 0 and duplicates == 0}
 
 
 def percent(num: float, den: int) -> float:

@@ -2,11 +2,13 @@
 
 * Conversion (LLaVA): ``prediction = text.rstrip('.').lower()`` -- trailing periods only, no
   whitespace strip, no other normalization.
-* Scoring (GQA ``eval.py``, accuracy part): for every question of
+* Scoring (GQA ``eval.py``, accuracy part): predictions are read into a dict by ``questionId``
+  (a duplicate id keeps its last prediction, here too); for every question of
   ``testdev_balanced_questions.json`` with ``isBalanced`` true, correct iff the prediction string
-  equals ``answer`` exactly. The official script raises when a balanced question has no
-  prediction; here ``strict=True`` does the same and the default scores the answered questions
-  and reports ``missing`` (partial runs), with ``complete`` false.
+  equals ``answer`` exactly; predictions for other questions are ignored. The official script
+  raises when a balanced question has no prediction; here ``strict=True`` does the same and the
+  default scores the answered questions (a partial run), with ``missing`` > 0 and ``complete``
+  false (deliberate: partial runs can be inspected; ``crop table`` refuses them for RelAcc).
 * Break-downs the script also prints: ``open`` (structural type ``query``) vs ``binary`` (all
   other structural types), per structural and per semantic type.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from crop.eval.scorers.common import BenchmarkFiles, iter_answers, percent, read_json, read_jsonl
+from crop.eval.scorers.common import BenchmarkFiles, coverage, iter_answers, percent, read_json, read_jsonl
 
 NAME = "gqa"
 
@@ -35,7 +37,8 @@ def convert_answers(answers: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def score_records(answers: list[dict[str, Any]], questions: dict[str, dict[str, Any]],
                   strict: bool = False) -> dict[str, Any]:
-    predictions = {str(p["questionId"]): p["prediction"] for p in convert_answers(answers)}
+    converted = convert_answers(answers)
+    predictions = {str(p["questionId"]): p["prediction"] for p in converted}  # last one kept, as eval.py
     unknown = [qid for qid in predictions if qid not in questions]
     if unknown:
         raise KeyError(f"gqa: {len(unknown)} answered question ids are not in the questions file, e.g. {unknown[0]!r}")
@@ -43,14 +46,12 @@ def score_records(answers: list[dict[str, Any]], questions: dict[str, dict[str, 
     by_answer_type: dict[str, list[float]] = defaultdict(list)
     by_structural: dict[str, list[float]] = defaultdict(list)
     by_semantic: dict[str, list[float]] = defaultdict(list)
-    missing = 0
     for qid, q in questions.items():
         if not q.get("isBalanced", True):
             continue
         if qid not in predictions:
             if strict:
                 raise KeyError(f"gqa: no prediction for question {qid} (the official script requires all)")
-            missing += 1
             continue
         score = 1.0 if predictions[qid] == q["answer"] else 0.0
         acc.append(score)
@@ -63,8 +64,10 @@ def score_records(answers: list[dict[str, Any]], questions: dict[str, dict[str, 
     def pct(d: dict[str, list[float]]) -> dict[str, float]:
         return {k: percent(sum(v), len(v)) for k, v in sorted(d.items())}
 
+    balanced = {qid: 1 for qid, q in questions.items() if q.get("isBalanced", True)}
+    cov = coverage(balanced, (str(p["questionId"]) for p in converted if str(p["questionId"]) in balanced))
     return {"benchmark": NAME, "metric": "accuracy", "score": percent(sum(acc), len(acc)), "n": len(acc),
-            "missing": missing, "complete": missing == 0, **pct(by_answer_type),
+            **cov, **pct(by_answer_type),
             "per_structural_type": pct(by_structural), "per_semantic_type": pct(by_semantic)}
 
 

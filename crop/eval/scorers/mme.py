@@ -4,8 +4,8 @@ Conversion (LLaVA):
 
 * ``question_id`` is ``<subtask>/<...>/<image>``: subtask = first path part, ground-truth file =
   image stem + ``.txt``;
-* prediction: ``text.strip().lower()``; starts with ``yes`` -> ``Yes``, starts with ``no`` -> ``No``
-  (so ``not``, ``none``, ``nothing`` are ``No``), otherwise kept as lower-cased text;
+* the prediction is written as the raw answer ``text`` (no strip, no case change) into
+  ``<subtask>.txt`` as ``file<TAB>question<TAB>gt<TAB>text``, rows in answer-file order;
 * the question to look up is the prompt without ``Answer the question using a single word or
   phrase.`` (stripped), plus `` Please answer yes or no.`` when absent; if that key is not in the
   ground truth, the same with two spaces before ``Please`` (some MME files have them).
@@ -14,17 +14,27 @@ Ground truth: each subtask folder of ``MME_Benchmark_release_version`` holds ``<
 with ``question<TAB>answer`` lines, either beside the images or under
 ``questions_answers_YN/`` (when an ``images/`` folder exists).
 
-Calculation (MME): prediction lower-cased; ``yes``/``no`` as is, else ``yes`` if its first four
-characters contain ``yes``, else ``no`` if they contain ``no``, else ``other`` (always wrong).
-Per subtask: acc = correct questions / questions, acc+ = images with both questions right /
-images, subtask score = (acc + acc+) x 100. Perception = sum of 10 subtasks (max 2000),
-cognition = sum of 4 (max 800); the paper reports perception + cognition (max 2800).
+Calculation (MME ``calculation.py``): the prediction field is lower-cased, never stripped; ``yes``
+/ ``no`` as is, else ``yes`` if its first four characters contain ``yes``, else ``no`` if they
+contain ``no``, else ``other`` (always wrong). So ``"  yes"`` is ``other`` but ``" yes"`` and
+``"  no"`` are not (:func:`parse_label`). Per subtask: acc = correct questions / questions, acc+
+= images with both questions right / images, subtask score = (acc + acc+) x 100. Perception =
+sum of 10 subtasks (max 2000), cognition = sum of 4 (max 800); the paper reports perception +
+cognition (max 2800).
 
-Deviation, documented: tabs/newlines inside a prediction are turned into spaces (the original
-writes them into a tab-separated text file, which breaks its own parser). Images are paired by
-their ground-truth file rather than by line order (identical for answer files in question-file
-order). With ``strict=False`` an image with one answer counts in acc but not in acc+, and missing
-subtasks score 0; ``complete`` says whether every subtask had all its questions answered.
+Deliberate differences, each where the original crashes or misreads its own file:
+
+* tabs/newlines inside a prediction become spaces (the original writes them into its
+  tab-separated file and then fails to split the line);
+* the two answers of an image are paired by their ground-truth question, not by consecutive
+  lines (identical for answer files in question-file order; the original pairs the wrong
+  questions once one answer is missing, duplicated or moved, and asserts on an odd count);
+* a duplicated answer to one question keeps the last one (the original keeps both lines);
+* a partial file scores what is there (acc over answered questions, acc+ over images with both
+  answered) where the original fails on a missing subtask file or an odd line count; a subtask
+  without answers scores 0. ``missing`` / ``duplicates`` count ground-truth questions, and
+  ``complete`` is false unless all 14 subtasks are in the ground truth and every question has
+  exactly one answer, so such a score never passes for a complete one.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from crop.eval.scorers.common import BenchmarkFiles, iter_answers, read_jsonl
+from crop.eval.scorers.common import BenchmarkFiles, coverage, iter_answers, read_jsonl
 
 NAME = "mme"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -64,13 +74,9 @@ def load_ground_truth(mme_root: str | Path) -> GroundTruth:
     return gt
 
 
-def convert_prediction(text: str) -> str:
-    pred = text.strip().lower()
-    if pred.startswith("yes"):
-        return "Yes"
-    if pred.startswith("no"):
-        return "No"
-    return pred
+def one_line(text: str) -> str:
+    """The prediction as the converter's tab-separated line can hold it (tabs/newlines -> spaces)."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def lookup_question(prompt: str, subtask: str, file: str, gt: GroundTruth) -> str:
@@ -89,7 +95,11 @@ def lookup_question(prompt: str, subtask: str, file: str, gt: GroundTruth) -> st
 
 
 def parse_label(pred: str) -> str:
-    """MME's yes/no/other rule on a (converted) prediction."""
+    """MME's yes/no/other rule on the raw prediction text (lower-cased here, never stripped).
+
+    The original sees the text followed by the line's newline; that changes nothing: the newline
+    can neither make the text equal ``yes``/``no`` nor add ``yes``/``no`` to its first four characters.
+    """
     pred = pred.lower()
     if pred in ("yes", "no"):
         return pred
@@ -108,38 +118,39 @@ def split_question_id(question_id: str) -> tuple[str, str]:
 
 
 def score_records(answers: list[dict[str, Any]], gt: GroundTruth) -> dict[str, Any]:
-    # subtask -> image file -> list of correct flags
-    results: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    other: dict[str, int] = defaultdict(int)
+    # subtask -> image file -> question -> correct; a later answer to the same question replaces it
+    results: dict[str, dict[str, dict[str, bool]]] = defaultdict(lambda: defaultdict(dict))
+    labels: dict[tuple[str, str, str], str] = {}
+    answered = []
     for row in iter_answers(answers, NAME):
         subtask, file = split_question_id(str(row["question_id"]))
         question = lookup_question(row.get("prompt", ""), subtask, file, gt)
-        pred = convert_prediction(" ".join(row["text"].replace("\t", " ").split("\n")))
-        label = parse_label(pred)
-        other[subtask] += label == "other"
-        results[subtask][file].append(label == gt[(subtask, file, question)].lower())
+        label = parse_label(one_line(row["text"]))
+        labels[(subtask, file, question)] = label
+        results[subtask][file][question] = label == gt[(subtask, file, question)].lower()
+        answered.append((subtask, file, question))
 
-    expected: dict[str, int] = defaultdict(int)
-    for subtask, _, _ in gt:
-        expected[subtask] += 1
     subtasks: dict[str, dict[str, Any]] = {}
-    complete = True
     for subtask in PERCEPTION + COGNITION:
         images = results.get(subtask, {})
-        flags = [f for per_image in images.values() for f in per_image]
-        pairs = [per_image for per_image in images.values() if len(per_image) == 2]
+        flags = [f for per_image in images.values() for f in per_image.values()]
+        pairs = [list(per_image.values()) for per_image in images.values() if len(per_image) == 2]
         if any(len(v) > 2 for v in images.values()):
-            raise ValueError(f"mme: {subtask} has an image with more than two answers")
+            raise ValueError(f"mme: {subtask} has an image with more than two questions")
         acc = sum(flags) / len(flags) if flags else 0.0
         acc_plus = sum(all(p) for p in pairs) / len(pairs) if pairs else 0.0
-        complete &= len(flags) == expected.get(subtask, 0) and len(flags) > 0
         subtasks[subtask] = {"acc": 100 * acc, "acc_plus": 100 * acc_plus, "score": 100 * (acc + acc_plus),
-                             "n": len(flags), "other": other.get(subtask, 0)}
+                             "n": len(flags),
+                             "other": sum(l == "other" for (t, _, _), l in labels.items() if t == subtask)}
     perception = sum(subtasks[t]["score"] for t in PERCEPTION)
     cognition = sum(subtasks[t]["score"] for t in COGNITION)
+    cov = coverage(dict.fromkeys(gt, 1), answered)
+    in_gt = {t for t, _, _ in gt}
+    missing_subtasks = [t for t in PERCEPTION + COGNITION if t not in in_gt or not results.get(t)]
+    cov["complete"] = cov["complete"] and not missing_subtasks
     return {"benchmark": NAME, "metric": "perception + cognition", "score": perception + cognition,
             "perception": perception, "cognition": cognition, "n": sum(s["n"] for s in subtasks.values()),
-            "complete": complete, "subtasks": subtasks}
+            **cov, "missing_subtasks": missing_subtasks, "subtasks": subtasks}
 
 
 def score_files(answers_path: str, files: BenchmarkFiles) -> dict[str, Any]:

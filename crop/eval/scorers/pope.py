@@ -11,7 +11,11 @@ Splits come from the question file's ``category``; labels from ``coco_pope_<spli
 lines). The original pairs the i-th answer of a split with the i-th label line; here the i-th
 *question of that split in the question file* is paired with the i-th label line (the same
 thing for answer files written in question order, and robust to resumed runs), and the image
-names of each pair are checked.
+names of each pair are checked. Deliberate differences, because the original's positional
+``zip`` misaligns every later pair: a missing answer leaves its question out (instead of shifting
+the rest), and a duplicated ``question_id`` keeps its last answer (as the VQAv2, GQA and
+ScienceQA scripts do). ``missing`` / ``duplicates`` are counted on the question file's ids and
+make ``complete`` false. Ids are compared as strings.
 
 Headline: the mean over the splits of ``headline_metric`` -- ``f1`` by default, because the
 paper's LLaVA-1.5-7B baseline (85.9) is LLaVA-1.5's mean F1 (87.3 / 86.1 / 84.2); the
@@ -25,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from crop.eval.scorers.common import BenchmarkFiles, iter_answers, read_jsonl
+from crop.eval.scorers.common import BenchmarkFiles, coverage, iter_answers, read_jsonl
 
 NAME = "pope"
 SPLITS = ("adversarial", "popular", "random")
@@ -68,41 +72,46 @@ def score_records(answers: list[dict[str, Any]], questions: list[dict[str, Any]]
     if headline_metric not in ("f1", "accuracy"):
         raise ValueError(f"pope: headline_metric must be 'f1' or 'accuracy', not {headline_metric!r}")
     # question_id -> (split, position of the question within its split)
-    position: dict[Any, tuple[str, int]] = {}
+    position: dict[str, tuple[str, int]] = {}
     counters: dict[str, int] = defaultdict(int)
-    image_of = {q["question_id"]: q.get("image") for q in questions}
+    image_of = {str(q["question_id"]): q.get("image") for q in questions}
     for q in questions:
-        split = q["category"]
-        position[q["question_id"]] = (split, counters[split])
+        qid, split = str(q["question_id"]), q["category"]
+        if qid in position:
+            raise ValueError(f"pope: question file repeats question_id {qid!r}")
+        position[qid] = (split, counters[split])
         counters[split] += 1
-    per_split: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    # split -> position -> (predicted, label); a later answer to the same question replaces it
+    per_split: dict[str, dict[int, tuple[str, str]]] = defaultdict(dict)
+    answered = []
     for row in iter_answers(answers, NAME):
-        if row["question_id"] not in position:
+        qid = str(row["question_id"])
+        if qid not in position:
             raise KeyError(f"pope: answer for unknown question_id {row['question_id']!r}")
-        split, i = position[row["question_id"]]
+        split, i = position[qid]
         if split not in labels:
             raise KeyError(f"pope: no coco_pope_{split}.json for split {split!r}")
         if i >= len(labels[split]):
             raise ValueError(f"pope: split {split} has more questions than label lines")
         label_row = labels[split][i]
-        q_image, l_image = image_of[row["question_id"]], label_row.get("image")
+        q_image, l_image = image_of[qid], label_row.get("image")
         if q_image is not None and l_image is not None and q_image != l_image:
             raise ValueError(f"pope: question {row['question_id']} shows {q_image} but label line {i} of "
                              f"{split} is about {l_image}: question and label files are not aligned")
-        per_split[split].append((i, answer_to_label(row["text"]), label_row["label"]))
+        per_split[split][i] = (answer_to_label(row["text"]), label_row["label"])
+        answered.append(qid)
     splits = {}
-    complete = True
     for split in sorted(per_split):
-        rows = sorted(per_split[split])
-        splits[split] = split_metrics([p for _, p, _ in rows], [l for _, _, l in rows])
-        complete &= len(rows) == len(labels[split])
-    complete &= set(per_split) == set(labels)
+        rows = [per_split[split][i] for i in sorted(per_split[split])]
+        splits[split] = split_metrics([p for p, _ in rows], [l for _, l in rows])
+    cov = coverage(dict.fromkeys(position, 1), answered)
+    cov["complete"] = cov["complete"] and set(per_split) == set(labels)
     head = [m[headline_metric] for m in splits.values()]
     return {"benchmark": NAME, "metric": f"mean {headline_metric} over splits",
             "score": sum(head) / len(head) if head else 0.0,
             "mean_accuracy": sum(m["accuracy"] for m in splits.values()) / max(len(splits), 1),
             "mean_f1": sum(m["f1"] for m in splits.values()) / max(len(splits), 1),
-            "n": sum(m["n"] for m in splits.values()), "complete": complete, "splits": splits}
+            "n": sum(m["n"] for m in splits.values()), **cov, "splits": splits}
 
 
 def score_files(answers_path: str, files: BenchmarkFiles, headline_metric: str = "f1") -> dict[str, Any]:

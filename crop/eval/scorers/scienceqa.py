@@ -13,7 +13,10 @@ For every problem id of ``pid_splits.json[split]`` (``test``), with options ``A`
 
 ``accuracy`` is over the whole split; the paper's SQA-IMG is ``img_accuracy``: over answers
 whose ``prompt`` contains ``<image>`` (so an unanswered image problem, whose prompt is
-``Unknown``, drops out of it, as in the original).
+``Unknown``, drops out of it, as in the original). Answers are read into a dict by id, so a
+duplicated id keeps its last answer, and answers outside the split are ignored, as in the
+original. ``missing`` / ``duplicates`` are counted on the split's problem ids and make
+``complete`` false: a missing image problem *raises* the official IMG accuracy.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from crop.eval.scorers.common import BenchmarkFiles, iter_answers, percent, read_json, read_jsonl
+from crop.eval.scorers.common import BenchmarkFiles, coverage, iter_answers, percent, read_json, read_jsonl
 
 NAME = "scienceqa"
 OPTIONS = ("A", "B", "C", "D", "E")
@@ -44,13 +47,14 @@ def choice_index(letter: str, n_choices: int) -> int:
 
 def score_records(answers: list[dict[str, Any]], problems: dict[str, dict[str, Any]],
                   split_ids: list[str]) -> dict[str, Any]:
-    predictions = {str(row["question_id"]): row for row in iter_answers(answers, NAME)}
-    correct = total = img_correct = img_total = missing = 0
+    rows = list(iter_answers(answers, NAME))
+    predictions = {str(row["question_id"]): row for row in rows}  # last one kept, as the original
+    in_split = set(split_ids)
+    correct = total = img_correct = img_total = 0
     for pid in split_ids:
         prob = problems[pid]
         pred = predictions.get(pid)
         if pred is None:
-            missing += 1
             text, prompt = "FAILED", "Unknown"
         else:
             text, prompt = pred["text"], pred.get("prompt", "")
@@ -62,7 +66,8 @@ def score_records(answers: list[dict[str, Any]], problems: dict[str, dict[str, A
             img_total += 1
     return {"benchmark": NAME, "metric": "IMG accuracy", "score": percent(img_correct, img_total),
             "img_accuracy": percent(img_correct, img_total), "accuracy": percent(correct, total),
-            "n": img_total, "n_total": total, "missing": missing, "complete": missing == 0}
+            "n": img_total, "n_total": total,
+            **coverage(dict.fromkeys(split_ids, 1), (qid for r in rows if (qid := str(r["question_id"])) in in_split))}
 
 
 def score_files(answers_path: str, files: BenchmarkFiles) -> dict[str, Any]:

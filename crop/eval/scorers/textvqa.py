@@ -12,15 +12,20 @@ Matching rule of the original: LLaVA's question file uses the TextVQA *image* id
 
 Score per answer: EvalAI-normalize prediction and the ten references, then the leave-one-out
 accuracy (``common.soft_accuracy``); the original asserts exactly ten references. Headline:
-mean x 100.
+mean x 100 over the answer rows, as the original: a question without an answer is not in the
+denominator and a duplicated answer row is scored twice. Both are reported (``missing``,
+``duplicates``, counted per (image id, question) against the annotation file) and make
+``complete`` false, so a partial file cannot pass for a full one.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
-from crop.eval.scorers.common import BenchmarkFiles, iter_answers, percent, read_json, read_jsonl, soft_accuracy
+from crop.eval.scorers.common import (BenchmarkFiles, coverage, iter_answers, percent, read_json, read_jsonl,
+                                      soft_accuracy)
 from crop.eval.scorers.normalize import evalai_normalize
 
 NAME = "textvqa"
@@ -50,10 +55,19 @@ def index_annotations(data: list[dict[str, Any]]) -> dict[tuple[str, str], list[
     return {(str(a["image_id"]), a["question"].lower()): a["answers"] for a in data}
 
 
-def score_records(answers: list[dict[str, Any]], annotations: dict[tuple[str, str], list[str]]) -> dict[str, Any]:
+def annotation_counts(data: list[dict[str, Any]]) -> Counter:
+    """(image_id, lower-cased question) -> how many annotation entries carry it (the questions)."""
+    return Counter((str(a["image_id"]), a["question"].lower()) for a in data)
+
+
+def score_records(answers: list[dict[str, Any]], annotations: dict[tuple[str, str], list[str]],
+                  expected: Counter | None = None) -> dict[str, Any]:
+    """``expected``: :func:`annotation_counts` of the annotation file (default: one per key)."""
     per_question = []
+    keys = []
     for row in iter_answers(answers, NAME):
         key = (str(row["question_id"]), question_from_prompt(row.get("prompt", "")))
+        keys.append(key)
         if key not in annotations:
             raise KeyError(f"textvqa: no annotation for image {key[0]!r} question {key[1]!r}")
         refs = [evalai_normalize(a) for a in annotations[key]]
@@ -61,9 +75,10 @@ def score_records(answers: list[dict[str, Any]], annotations: dict[tuple[str, st
             raise ValueError(f"textvqa: {key} has {len(refs)} reference answers, the metric needs 10")
         per_question.append(soft_accuracy(evalai_normalize(row["text"]), refs))
     n = len(per_question)
-    return {"benchmark": NAME, "metric": "accuracy", "score": percent(sum(per_question), n), "n": n}
+    cov = coverage(expected if expected is not None else Counter(annotations.keys()), keys)
+    return {"benchmark": NAME, "metric": "accuracy", "score": percent(sum(per_question), n), "n": n, **cov}
 
 
 def score_files(answers_path: str, files: BenchmarkFiles) -> dict[str, Any]:
     data = read_json(files.need("annotation_file", NAME))["data"]
-    return score_records(read_jsonl(answers_path), index_annotations(data))
+    return score_records(read_jsonl(answers_path), index_annotations(data), annotation_counts(data))
