@@ -95,12 +95,33 @@ def iter_shard_regions(specs: Sequence[str]) -> Iterator[dict]:
                "gt": Region(*rec["region_blocks"])}
 
 
+def count_shard_regions(specs: Sequence[str]) -> int | None:
+    """Region samples in the shards, from their ``.stats.json`` markers (``per_kind``), without
+    reading any shard; None when a marker is missing (then the progress bar has no total)."""
+    from crop.data.sources import open_url, resolve_shards
+
+    total = 0
+    for ref in resolve_shards(list(specs)):
+        if not ref.url.endswith(".tar"):
+            return None
+        try:
+            with open_url(ref.url[:-4] + ".stats.json") as f:
+                total += int(json.load(f)["per_kind"].get("region", 0))
+        except Exception:  # noqa: BLE001 - absent or unreadable marker: no total, not an error
+            return None
+    return total
+
+
 def evaluate(localizer, samples: Iterator[dict], output_dir: str, batch_size: int = 8,
-             limit: int = 0, extra: dict | None = None) -> dict:
-    """Run ``localizer`` over samples, write predictions.jsonl and metrics.json; return metrics."""
+             limit: int = 0, extra: dict | None = None, total: int | None = None) -> dict:
+    """Run ``localizer`` over samples, write predictions.jsonl and metrics.json; return metrics.
+
+    ``total`` (samples, before ``limit``) gives the progress bar its end; log lines are routed
+    around the bar so the two never share a line."""
     from itertools import islice
 
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from crop.models.localizer_cmd import batched
 
@@ -108,8 +129,11 @@ def evaluate(localizer, samples: Iterator[dict], output_dir: str, batch_size: in
     gts, preds, statuses = [], [], []
     if limit:
         samples = islice(samples, limit)
-    with open(os.path.join(output_dir, "predictions.jsonl"), "w", encoding="utf-8") as out:
-        for batch in tqdm(batched(samples, batch_size), desc="eval-localizer", unit="batch"):
+        total = limit if total is None else min(total, limit)
+    n_batches = None if total is None else -(-total // batch_size)
+    with open(os.path.join(output_dir, "predictions.jsonl"), "w", encoding="utf-8") as out, logging_redirect_tqdm():
+        for batch in tqdm(batched(samples, batch_size), desc="eval-localizer", unit="batch", total=n_batches,
+                          dynamic_ncols=True):
             results = localizer.predict_detailed([b["image"] for b in batch], [b["question"] for b in batch])
             for b, p in zip(batch, results):
                 gts.append(tuple(b["gt"]))
@@ -172,19 +196,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--shards", nargs="+", help="shard tars, globs or dataset folders (held-out split)")
     src.add_argument("--viscot", help="Visual-CoT benchmark JSON file (formats.md section 2)")
     parser.add_argument("--image-root", default="", help="image root for --viscot paths")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output-dir", required=True, help="folder for predictions.jsonl and metrics.json")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per localizer call (default 8)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N samples (0 = all)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
     from crop.models.localizer import Localizer
 
+    if args.batch_size < 1 or args.limit < 0:
+        raise ValueError("--batch-size must be >= 1 and --limit >= 0")
+    if args.shards:
+        total = count_shard_regions(args.shards)
+        samples = iter_shard_regions(args.shards)
+    else:
+        with open(args.viscot, encoding="utf-8") as f:
+            total = len(json.load(f))
+        samples = iter_viscot(args.viscot, args.image_root)
+    source = " ".join(args.shards) if args.shards else args.viscot
+    print(f"eval-localizer: {'?' if total is None else total} region samples from {source}"
+          f"{f' (first {args.limit})' if args.limit else ''} -> {args.output_dir}", file=sys.stderr)
     loc = Localizer.from_pretrained(args.model, device=args.device)
-    samples = iter_shard_regions(args.shards) if args.shards else iter_viscot(args.viscot, args.image_root)
     extra = {"model": args.model, "input": args.shards or args.viscot}
-    metrics = evaluate(loc, samples, args.output_dir, args.batch_size, args.limit, extra)
+    metrics = evaluate(loc, samples, args.output_dir, args.batch_size, args.limit, extra, total=total)
     print(json.dumps(metrics, indent=2))
-    print(f"wrote {args.output_dir}/predictions.jsonl and metrics.json", file=sys.stderr)
+    print(f"eval-localizer: wrote predictions.jsonl and metrics.json to {args.output_dir}", file=sys.stderr)
     return 0

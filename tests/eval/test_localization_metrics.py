@@ -62,3 +62,49 @@ def test_evaluate_writes_predictions_and_metrics(tmp_path):
     assert [r["area_recall"] for r in lines] == [1.0, 1.0, pytest.approx(4 / 9)]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == m and saved["model"] == "fixed" and saved["exact_match_rate"] == pytest.approx(1 / 3)
+
+
+def test_progress_bar_has_a_total_and_log_lines_do_not_share_its_line(tmp_path, monkeypatch):
+    """The bar knows its end (batches = ceil(min(total, limit) / batch)); logging goes around it."""
+    import logging
+
+    import tqdm as tqdm_mod
+    from PIL import Image
+
+    seen = {}
+    real = tqdm_mod.tqdm
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            seen["total"] = k.get("total")
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Spy)
+    im = Image.new("RGB", (16, 16))
+    rows = [{"key": f"k{i}", "question": "q", "image": im, "gt": Region(0, 0, 1, 1)} for i in range(7)]
+
+    class Logs(_Fixed):
+        def predict_detailed(self, images, questions):
+            logging.getLogger("crop.test").warning("inside the loop")
+            seen["handler_types"] = [type(h).__name__ for h in logging.getLogger().handlers]
+            return super().predict_detailed(images, questions)
+
+    evaluate(Logs(), iter(rows), str(tmp_path), batch_size=2, limit=5, total=7)
+    assert seen["total"] == 3  # 5 samples (limit) in batches of 2
+    assert "_TqdmLoggingHandler" in seen["handler_types"]  # logging written through tqdm.write
+
+
+def test_count_shard_regions_from_stats_markers(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tinyshards", Path(__file__).parents[1] / "viz" / "tinyshards.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    info = tiny.make_dataset(tmp_path / "ds", shards=2)
+    from crop.eval.localization import count_shard_regions
+
+    want = sum(1 for r in info["records"] if r["kind"] == "region")
+    assert count_shard_regions([str(tmp_path / "ds")]) == want
+    (tmp_path / "ds" / "tiny-000001.stats.json").unlink()
+    assert count_shard_regions([str(tmp_path / "ds" / "tiny-*.tar")]) is None
