@@ -34,15 +34,20 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import shards as io_
 from pipelines import summary
 from pipelines.finalize import finalize
+from pipelines.images import ImageRoot, read_image
 from pipelines.recipe import VISUAL_COT_SOURCES, Recipe, metadata_file_names
 from pipelines.sources import (
     STAGE_DEDUP,
-    STAGE_IMAGE,
+    STAGE_PARSE,
+    STAGE_WRITE,
     Rejected,
+    internal_error,
     parse_cot_line,
     parse_llava_item,
     parse_viscot_llava_item,
+    record_id,
     reject_record,
+    viscot_llava_source,
 )
 
 log = logging.getLogger("crop.build")
@@ -93,10 +98,7 @@ def read_input(spec: tuple[str, str, str]) -> Iterator[tuple[str, str, int, obje
         i = 0
         try:
             for i, obj in enumerate(ijson.items(f, "item", use_float=True)):
-                source = tag
-                if fmt == "viscot_llava":
-                    ds = obj.get("dataset") if isinstance(obj, dict) else None
-                    source = ds if ds in VISUAL_COT_SOURCES else "unknown"
+                source = viscot_llava_source(obj, VISUAL_COT_SOURCES) if fmt == "viscot_llava" else tag
                 yield source, name, i + 1, obj
         except ijson.JSONError as e:
             raise ValueError(f"{path}: not a valid JSON list near element {i + 2}: {e}") from None
@@ -136,30 +138,43 @@ class ReadFn(beam.DoFn):
 
 
 class ParseFn(beam.DoFn):
-    def __init__(self, recipe: Recipe):
-        self.recipe = recipe
+    """Parse one record into a candidate or a reject; never fails the build for one record.
+
+    The parsers are total (they return a candidate or raise :class:`Rejected`); any other
+    exception is a bug in them, and still becomes a reject (``internal_error``, with the
+    exception's class and message) unless ``fail_on_internal_error`` asks to fail at once."""
+
+    def __init__(self, recipe: Recipe, fail_on_internal_error: bool = False):
+        self.recipe, self.fail_on_internal_error = recipe, fail_on_internal_error
         self.rejected = beam.metrics.Metrics.counter(METRICS, "rejected")
+        self.internal_errors = beam.metrics.Metrics.counter(METRICS, "internal_errors")
 
     def process(self, el):
         source, file, line, payload = el
-        r = self.recipe
         try:
-            if file.endswith("_cot_train.jsonl"):
-                cand = parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
-                                      seed=r.seed, grid=r.grid_size, policy=r.multi_box)
-            elif source == "llava":
-                cand = parse_llava_item(payload, file, line - 1, seed=r.seed)
-            else:
-                cand = parse_viscot_llava_item(payload, file, line - 1, seed=r.seed,
-                                               known_sources=list(VISUAL_COT_SOURCES))
+            cand = self.parse(source, file, line, payload)
         except Rejected as e:
-            rid = None
-            if isinstance(payload, dict) and isinstance(payload.get("id", payload.get("question_id")), (int, str)):
-                rid = str(payload.get("id", payload.get("question_id")))
-            self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTS, reject_record(source, file, line, rid, e))
+            err = e
+        except Exception as e:  # noqa: BLE001 - totality: one record never stops the build
+            if self.fail_on_internal_error:
+                raise
+            self.internal_errors.inc()
+            log.error("internal error on %s:%s: %s", file, line, e, exc_info=True)
+            err = internal_error(STAGE_PARSE, e)
+        else:
+            yield cand
             return
-        yield cand
+        self.rejected.inc()
+        yield beam.pvalue.TaggedOutput(REJECTS, reject_record(source, file, line, record_id(payload), err))
+
+    def parse(self, source: str, file: str, line: int, payload) -> dict:
+        r = self.recipe
+        if file.endswith("_cot_train.jsonl"):
+            return parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
+                                  seed=r.seed, grid=r.grid_size, policy=r.multi_box)
+        if source == "llava":
+            return parse_llava_item(payload, file, line - 1, seed=r.seed)
+        return parse_viscot_llava_item(payload, file, line - 1, seed=r.seed, known_sources=list(VISUAL_COT_SOURCES))
 
 
 def duplicate_flags(cands: list[dict]) -> list[dict | None]:
@@ -257,19 +272,6 @@ def prefetch(fn, items: list, window: int = 32, workers: int = 8) -> Iterator:
             yield result
 
 
-def _read_image(root: str, cand: dict) -> tuple[str, bytes]:
-    tried = []
-    for d in cand["image_dirs"]:
-        rel = posixpath.join(d, cand["image_rel"]) if d else cand["image_rel"]
-        path = io_.join(root, rel)
-        tried.append(path)
-        try:
-            return rel, io_.read_bytes(path)
-        except FileNotFoundError:  # read_bytes maps a missing object on any filesystem to this;
-            continue  # other I/O errors fail the build rather than become a missing_image reject
-    raise Rejected(STAGE_IMAGE, "missing_image", "image not found at " + " or ".join(tried))
-
-
 class _Progress:
     """Shards finished by this worker process and its sample rate, for the per-shard log line.
 
@@ -303,8 +305,9 @@ class WriteShardFn(beam.DoFn):
 
     MAX_PENDING = 2
 
-    def __init__(self, recipe: Recipe, out_dir: str):
-        self.recipe, self.out_dir = recipe, out_dir
+    def __init__(self, recipe: Recipe, out_dir: str, fail_on_internal_error: bool = False):
+        self.recipe, self.out_dir, self.fail_on_internal_error = recipe, out_dir, fail_on_internal_error
+        self.internal_errors = beam.metrics.Metrics.counter(METRICS, "internal_errors")
         self.samples_written = beam.metrics.Metrics.counter(METRICS, "samples_written")
         self.shards_written = beam.metrics.Metrics.counter(METRICS, "shards_written")
         self.shards_skipped = beam.metrics.Metrics.counter(METRICS, "shards_skipped")
@@ -403,13 +406,17 @@ class WriteShardFn(beam.DoFn):
                 rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
         cands = [c for c, first in zip(cands, dups) if first is None]
         sample_stats = summary.empty_sample_stats()
+        image_root = ImageRoot(r.inputs.image_root)  # the root's real path, resolved once per shard
 
-        def fetch(c):  # runs in I/O threads; a Rejected is returned, not raised, to keep order
+        def reject(c, err: Rejected) -> None:
+            rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
+
+        def fetch(c):  # runs in I/O threads; a failure is returned, not raised, to keep order
             if c["image_rel"] is None:
                 return None, None
             try:
-                return _read_image(r.inputs.image_root, c)
-            except Rejected as e:
+                return read_image(image_root, c["image_dirs"], c["image_rel"])
+            except Exception as e:  # noqa: BLE001 - Rejected, or a bug / I/O error judged below
                 return e, None
 
         def samples() -> Iterator:
@@ -425,17 +432,26 @@ class WriteShardFn(beam.DoFn):
         def finalized(fetched) -> Iterator:
             for c, (rel, data) in zip(cands, fetched):
                 try:
-                    if isinstance(rel, Rejected):
+                    if isinstance(rel, BaseException):
                         raise rel
                     rec, ext, info = finalize(c, rel, data, grid=r.grid_size, policy=r.multi_box,
                                               trailing_period=r.trailing_period, check=r.image_check)
+                    # Encoded here, inside the record's guard: the tar writer only copies bytes.
+                    rec_json = json.dumps(rec, sort_keys=True, ensure_ascii=False).encode("utf-8")
                 except Rejected as e:
-                    rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], e))
+                    reject(c, e)
+                    continue
+                except Exception as e:  # noqa: BLE001 - totality: one record never stops the build
+                    if self.fail_on_internal_error:
+                        raise
+                    self.internal_errors.inc()
+                    log.error("internal error on %s:%s: %s", c["source_file"], c["line"], e, exc_info=True)
+                    reject(c, internal_error(STAGE_WRITE, e))
                     continue
                 per_source[c["source"]] = per_source.get(c["source"], 0) + 1
                 per_kind[c["kind"]] = per_kind.get(c["kind"], 0) + 1
                 summary.add_sample(sample_stats, rec, info or c["boxes_info"])
-                yield rec["key"], rec, data, ext
+                yield rec["key"], rec_json, data, ext
 
         pending = io_.begin_shard(io_.join(self.out_dir, shard), samples())
         stats = {"schema_version": summary.SCHEMA_VERSION, "shard": shard,
@@ -471,7 +487,9 @@ def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read
 
 
 # --------------------------------------------------------------------------- graph
-def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
+def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error: bool = False) -> None:
+    """The graph. ``fail_on_internal_error``: an exception escaping a record's processing fails
+    the job at once (CI, tests); otherwise it is an ``internal_error`` reject (see ``ParseFn``)."""
     specs = list_inputs(recipe)
     files = p | "Inputs" >> beam.Create(specs)
     read = files | "Read" >> beam.ParDo(ReadFn()).with_outputs(READ_COUNTS, main="records")
@@ -479,7 +497,7 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
     read_counts = read[READ_COUNTS] | "CountRead" >> beam.CombinePerKey(sum)
     # Parsing is light and runs where the file is read; the one shuffle of candidates is the
     # group-by-shard below (duplicates meet there too, see duplicate_flags).
-    parsed = raw | "Parse" >> beam.ParDo(ParseFn(recipe)).with_outputs(REJECTS, main="ok")
+    parsed = raw | "Parse" >> beam.ParDo(ParseFn(recipe, fail_on_internal_error)).with_outputs(REJECTS, main="ok")
     # Every source the recipe asks for gets a selection entry, even with no valid record at all,
     # so its cap shortfall is reported (and strict_caps fires): a None hash per source seeds it.
     wanted = sorted(recipe.sources) + (["llava"] if any(spec[1] == "llava" for spec in specs) else [])
@@ -491,7 +509,8 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str) -> None:
     shard_stats = (parsed.ok
                    | "Assign" >> beam.ParDo(AssignShardFn(recipe.shard_max_samples), beam.pvalue.AsDict(selection))
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir), beam.pvalue.AsDict(selection)))
+                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir, fail_on_internal_error),
+                                               beam.pvalue.AsDict(selection)))
     rejects = parsed[REJECTS]
     inputs = files | "Checksum" >> beam.Map(checksum)
     AsList = beam.pvalue.AsList

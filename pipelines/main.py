@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--allow-local-paths", action="store_true",
                    help="with a distributed runner, accept local paths (only if every worker sees the same "
                         "filesystem at the same place, e.g. NFS)")
+    p.add_argument("--fail-on-internal-error", action="store_true",
+                   help="fail the job at the first record whose processing raises an unexpected exception (CI, "
+                        "debugging); by default such a record becomes an internal_error reject, the build "
+                        "finishes, and the command exits with status 1 at the end")
     p.add_argument("--log-level", default="INFO")
     return p.parse_known_args(argv)
 
@@ -126,7 +130,8 @@ def _quiet_beam_import_notice(record: logging.LogRecord) -> bool:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    """Run the build; returns the manifest. Raises on any failure (including reconciliation)."""
+    """Run the build; returns the manifest. Raises on any failure (including reconciliation), and
+    ``SystemExit`` (status 1) after a finished build in which any record hit an internal error."""
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("crop").setLevel(args.log_level)
@@ -149,7 +154,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     p = beam.Pipeline(runner=offline_direct_runner(opts), options=opts)
-    build.build(p, recipe, out_dir)
+    build.build(p, recipe, out_dir, fail_on_internal_error=args.fail_on_internal_error)
     result = p.run()
     result.wait_until_finish()
     seconds = time.perf_counter() - t0
@@ -160,5 +165,9 @@ def run(argv: list[str] | None = None) -> dict:
 
     manifest = json.loads(read_bytes(join(out_dir, "manifest.json")))
     stats = json.loads(read_bytes(join(out_dir, "stats.json")))
-    print(summary.human_summary(manifest, stats, seconds), file=sys.stderr)
+    print(summary.human_summary(manifest, stats, seconds, color=sys.stderr.isatty()), file=sys.stderr)
+    n_internal = summary.internal_error_count(stats)
+    if n_internal:  # every output is written and reconciles; the exit status still says a bug was hit
+        raise SystemExit(f"error: {n_internal} record(s) hit an internal error (reason internal_error in "
+                         f"{join(out_dir, 'rejects.jsonl')}); the build finished without them")
     return manifest

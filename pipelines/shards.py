@@ -161,7 +161,9 @@ def _write_tar(f, samples: Iterable[tuple[str, dict, bytes | None, str | None]])
     sink = _BatchedSink(f)
     try:
         for key, record, data, ext in samples:
-            members = {"json": json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")}
+            if not isinstance(record, bytes):  # the builder passes the record already encoded
+                record = json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")
+            members = {"json": record}
             if data is not None:
                 members[ext] = data
             for ext_, payload in sorted(members.items()):

@@ -140,7 +140,25 @@ def build_outputs(*, name: str, recipe: Mapping, shard_stats: list[Mapping], rej
     return manifest, stats, all_rejects
 
 
-def human_summary(manifest: Mapping, stats: Mapping, seconds: float) -> str:
+INTERNAL_ERROR = "internal_error"
+
+
+def internal_error_count(stats: Mapping) -> int:
+    """Records whose processing raised an unexpected exception (a builder bug, see rejects.jsonl)."""
+    return sum(per.get(INTERNAL_ERROR, 0) for per in stats["rejected_by_reason"].values())
+
+
+def internal_error_line(stats: Mapping, color: bool = False) -> str | None:
+    """The summary's alarm line when any record hit an internal error (red on a terminal)."""
+    n = internal_error_count(stats)
+    if not n:
+        return None
+    line = (f"  INTERNAL ERRORS: {n} record(s) raised an unexpected exception in the builder (a bug, not bad "
+            f"data); they are rejects with reason {INTERNAL_ERROR} in rejects.jsonl (exception in the detail)")
+    return f"\033[31m{line}\033[0m" if color else line
+
+
+def human_summary(manifest: Mapping, stats: Mapping, seconds: float, color: bool = False) -> str:
     t = manifest["totals"]
     lines = [f"Built {manifest['name']}: {t['samples']} samples in {t['shards']} shards, "
              f"{t['bytes'] / 1e6:.1f} MB, {seconds:.1f} s ({t['samples'] / max(seconds, 1e-9):.0f} samples/s)"]
@@ -156,4 +174,7 @@ def human_summary(manifest: Mapping, stats: Mapping, seconds: float) -> str:
     if stats["shortfall"]:
         lines.append("  caps above what a source has (took all): "
                      + ", ".join(f"{s} short by {n}" for s, n in stats["shortfall"].items()))
+    alarm = internal_error_line(stats, color)
+    if alarm:
+        lines.append(alarm)
     return "\n".join(lines)

@@ -276,7 +276,9 @@ OTHER_BROKEN = [
     pytest.param("stats", _stats, _set("schema_version", "1"), "schema_version: 1 was expected", id="stats-version"),
     pytest.param("rejects", _reject, _set("reason", "bad_luck"), "reason: 'bad_luck' is not one of",
                  id="reject-reason"),
-    pytest.param("rejects", _reject, _set("stage", "write"), "stage: 'write' is not one of", id="reject-stage"),
+    pytest.param("rejects", _reject, _set("stage", "upload"), "stage: 'upload' is not one of", id="reject-stage"),
+    pytest.param("stats", _stats, lambda r: r["rejected_by_reason"].__setitem__("gqa", {"bad_luck": 1}),
+                 "'bad_luck' is not one of", id="stats-reject-reason"),
     pytest.param("rejects", _reject, _set("line", 0), "line: 0 is less than the minimum", id="reject-line-0"),
     pytest.param("rejects", _reject, _drop("detail"), "'detail' is a required property", id="reject-no-detail"),
 ]

@@ -13,6 +13,7 @@ from pipelines.sources import (
     parse_cot_line,
     parse_llava_item,
     parse_viscot_llava_item,
+    reject_record,
     sort_hash,
 )
 
@@ -42,7 +43,19 @@ def test_cot_line_happy_path():
     ({k: v for k, v in GOOD.items() if k != "bboxs"}, "parse", "missing_field"),
     ({**GOOD, "height": "600"}, "parse", "mistyped_field"),
     ({**GOOD, "width": True}, "parse", "mistyped_field"),
-    ({**GOOD, "width": 0}, "parse", "mistyped_field"),
+    ({**GOOD, "width": 0}, "parse", "invalid_value"),  # right type, bad value
+    ({**GOOD, "height": 2**31}, "parse", "invalid_value"),  # beyond the sample's int32 image_height
+    ({**GOOD, "image": ""}, "parse", "invalid_value"),
+    ({**GOOD, "image": "a\x00.jpg"}, "parse", "invalid_value"),
+    ({**GOOD, "question": "\ud83d"}, "parse", "invalid_unicode"),  # issue 15: crashed make_key
+    ({**GOOD, "answer": "smile \ud83d"}, "parse", "invalid_unicode"),  # issue 15: crashed Beam's coder
+    ({**GOOD, "image": "\udc00.jpg"}, "parse", "invalid_unicode"),
+    ({**GOOD, "width": 10**40}, "parse", "invalid_value"),
+    ('{"question": ' + "9" * 5000 + '}', "read", "malformed_json"),  # beyond Python's int digit limit
+    ("[" * 100_000 + "]" * 100_000, "read", "malformed_json"),  # beyond the recursion limit
+    ({**GOOD, "bboxs": [[1, 2, 10**400, 4]]}, "boxes", "invalid_value"),  # beyond float range
+    ({**GOOD, "bboxs": [[1, 2, [3], 4]]}, "boxes", "malformed_box"),
+    ({**GOOD, "bboxs": [{"x": 1}]}, "boxes", "malformed_box"),
     ({**GOOD, "question": None}, "parse", "mistyped_field"),
     ({**GOOD, "bboxs": "1 2 3 4"}, "parse", "mistyped_field"),
     ('{"question": "q", "answer": "a", "image": "a.jpg", "width": NaN, "height": 5, "bboxs": [[0,0,1,1]]}',
@@ -50,7 +63,7 @@ def test_cot_line_happy_path():
     ({**GOOD, "bboxs": [[1, 2, float("inf"), 4]]}, "boxes", "non_finite_number"),
     ({**GOOD, "bboxs": []}, "boxes", "empty_bboxs"),
     ({**GOOD, "bboxs": [[1, 2, 3]]}, "boxes", "malformed_box"),
-    ({**GOOD, "bboxs": [[5, 2, 3, 4]]}, "boxes", "malformed_box"),
+    ({**GOOD, "bboxs": [[5, 2, 3, 4]]}, "boxes", "inverted_box"),  # shape fine, values inverted
     ({**GOOD, "bboxs": [[900, 10, 950, 50]]}, "boxes", "box_outside_image"),
     ({**GOOD, "bboxs": [[100, 50, 100, 80]]}, "boxes", "degenerate_box_after_clip"),
     ({**GOOD, "bboxs": [[-50, 10, 0, 80]]}, "boxes", "box_outside_image"),
@@ -60,6 +73,7 @@ def test_cot_line_rejects(obj, stage, reason):
         cot(obj)
     assert (e.value.stage, e.value.reason) == (stage, reason)
     assert e.value.detail
+    reject_record("gqa", "f", 1, None, e.value)["detail"].encode("utf-8")  # publishable as it is
 
 
 def test_multi_box_union_clips_and_drops_bad_boxes():
@@ -91,7 +105,15 @@ def test_sort_hash_is_stable_and_seeded():
     ({"id": 1, "conversations": [{"from": "human", "value": "q"}]}, "malformed_conversations"),
     ({"id": 1, "conversations": [{"from": "system", "value": "q"}, {"from": "gpt", "value": "a"}]},
      "malformed_conversations"),
+    ({"id": 1, "conversations": [{"from": ["human"], "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "malformed_conversations"),  # an unhashable role once raised TypeError
     ("not an object", "mistyped_field"),
+    ({"id": 1, "image": "", "conversations": [{"from": "human", "value": "<image>q"}, {"from": "gpt", "value": "a"}]},
+     "invalid_value"),
+    ({"id": 10**30, "conversations": []}, "invalid_value"),
+    ({"id": "\ud83d", "conversations": []}, "invalid_unicode"),
+    ({"id": 1, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "\udfff"}]},
+     "invalid_unicode"),
 ])
 def test_llava_rejects(obj, reason):
     with pytest.raises(Rejected) as e:
@@ -185,3 +207,105 @@ def test_builder_writes_exactly_the_contract_image_extensions():
     from pipelines.finalize import EXT_BY_FORMAT
 
     assert sorted(EXT_BY_FORMAT.values()) == sorted(IMAGE_MEMBER_EXTS)
+
+
+# LLaVA-1.5's conventions (haotian-liu/LLaVA llava/train/train.py: preprocess_v1 asserts that turn j
+# comes from roles[j % 2]; one image's features are spliced per <image> token), one reason each.
+H, G = "human", "gpt"
+
+
+def _turns(*pairs):
+    return [{"from": f, "value": v} for f, v in pairs]
+
+
+@pytest.mark.parametrize("image, conv, reason", [
+    ("a.jpg", _turns((G, "<image>\nq"), (H, "a")), "conversation_turn_order"),  # first turn from gpt
+    ("a.jpg", _turns((H, "<image>\nq"), (H, "again"), (G, "a")), "conversation_turn_order"),  # no alternation
+    ("a.jpg", _turns((H, "<image>\nq"), (G, "a"), (H, "unanswered")), "conversation_turn_order"),  # ends with human
+    ("a.jpg", _turns((H, "<image>\n<image>\nq"), (G, "a")), "image_token_count"),  # two tokens
+    ("a.jpg", _turns((H, "<image>\nq"), (G, "a"), (H, "<image>"), (G, "b")), "image_token_count"),
+    ("a.jpg", _turns((H, "q"), (G, "a")), "image_token_count"),  # image but no token
+    ("a.jpg", _turns((H, "q"), (G, "a"), (H, "<image>\nnow?"), (G, "b")), "image_token_misplaced"),
+    ("a.jpg", _turns((H, "q"), (G, "<image>")), "image_token_misplaced"),
+    (None, _turns((H, "<image>\nq"), (G, "a")), "image_token_without_image"),  # text-only record
+])
+def test_llava_conversation_conventions(image, conv, reason):
+    obj = {"id": 7, "conversations": conv, **({"image": image} if image else {})}
+    with pytest.raises(Rejected) as e:
+        parse_llava_item(obj, "llava.json", 0, seed=0)
+    assert e.value.reason == reason and e.value.detail
+
+
+@pytest.mark.parametrize("human", ["<image>\nWhat?", "What?\n<image>"])
+def test_llava_image_token_at_start_or_end_of_first_turn_is_accepted(human):
+    conv = _turns((H, human), (G, "a"), (H, "more?"), (G, "no"))
+    c = parse_llava_item({"id": 7, "image": "a.jpg", "conversations": conv}, "llava.json", 0, seed=0)
+    assert c["conversations"] == conv and c["image_rel"] == "a.jpg"
+
+
+def test_viscot_llava_source_tag_is_total():
+    """The reader counts a viscot_363k element under its dataset tag: any JSON value there (a
+    list is unhashable) counts as "unknown" instead of raising in the reader."""
+    from pipelines.sources import viscot_llava_source
+
+    known = {"vsr": ["cot/vsr"]}
+    assert viscot_llava_source({"dataset": "vsr"}, known) == "vsr"
+    for bad in ({"dataset": ["vsr"]}, {"dataset": {"a": 1}}, {"dataset": None}, [1], "x", None):
+        assert viscot_llava_source(bad, known) == "unknown"
+
+
+def test_reject_details_hold_no_memory_address():
+    """Pillow's error names the BytesIO it was given (``<_io.BytesIO object at 0x7f..>``): the
+    address differs between runs, so rejects.jsonl would too."""
+    with pytest.raises(Rejected) as e:
+        inspect_image(b"not an image at all")
+    rec = reject_record("gqa", "f", 1, None, e.value)
+    assert "0x" not in rec["detail"] and "BytesIO" in rec["detail"]
+
+
+def test_decompression_bomb_is_image_too_large_with_its_pixel_count():
+    import struct
+    import zlib
+
+    def png(w, h):  # a 1-bit PNG: a few KB of zeros that declare w*h pixels
+        def chunk(tag, data):
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+        raw = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+    for w, h in ((10_000, 9_000), (20_000, 20_000)):  # between 1x and 2x Pillow's limit, and above 2x
+        with pytest.raises(Rejected) as e:
+            inspect_image(png(w, h))
+        assert e.value.reason == "image_too_large" and str(w * h) in e.value.detail
+
+
+def test_jpeg_with_a_long_trailer_is_accepted_and_a_truncated_one_is_not():
+    """Cameras and editors append data after the end-of-image marker; the old check looked for
+    FFD9 in the last 4096 bytes only and rejected such files."""
+    data = _jpeg(64, 48)
+    assert inspect_image(data + b"\x00trailer" * 1000) == (64, 48, "jpg")
+    for cut in (len(data) - 2, len(data) // 2):
+        with pytest.raises(Rejected) as e:
+            inspect_image(data[:cut] + b"\x00" * 5000)
+        assert e.value.reason == "unreadable_image"
+
+
+def test_jpeg_end_ignores_an_exif_thumbnails_end_marker():
+    """An EXIF thumbnail inside APP1 has its own FFD8..FFD9; walking segments skips it."""
+    from pipelines.finalize import jpeg_end
+
+    thumb = _jpeg(16, 12)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(buf, format="JPEG", exif=b"Exif\0\0II*\0" + thumb)
+    data = buf.getvalue()
+    assert jpeg_end(data) == len(data)
+    assert jpeg_end(data[: data.rindex(b"\xff\xda") + 20]) is None  # cut in the scan: the thumbnail's FFD9 does not count
+
+
+def test_reasons_list_is_the_schema_enum():
+    import schemas
+    from pipelines.sources import REASONS
+
+    doc = json.loads(schemas.path("rejects").read_text())
+    assert list(REASONS) == doc["properties"]["reason"]["enum"]

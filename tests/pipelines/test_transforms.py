@@ -12,6 +12,7 @@ from pipelines.recipe import parse_recipe
 from pipelines.sources import parse_llava_item
 
 CONV = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+TEXT_CONV = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]  # no image: no <image> token
 RECIPE = parse_recipe({"name": "t", "inputs": {"image_root": "/nonexistent"},
                        "sources": {"gqa": {"cap": 2}, "vsr": {}}, "llava": {"cap": 3},
                        "shards": {"name": "t", "max_samples": 2}})
@@ -28,7 +29,7 @@ def test_read_input_yields_lines_with_numbers_and_sources(tmp_path):
     p = tmp_path / "gqa_cot_train.jsonl"
     p.write_text(_gqa_line(0) + "\n\n" + _gqa_line(1) + "\n")
     lj = tmp_path / "llava.json"
-    lj.write_text(json.dumps([{"id": 1, "conversations": CONV}, {"id": "x", "conversations": CONV}]))
+    lj.write_text(json.dumps([{"id": 1, "conversations": TEXT_CONV}, {"id": "x", "conversations": TEXT_CONV}]))
     with BeamTestPipeline() as p_:
         out = (p_ | beam.Create([("cot_jsonl", "gqa", str(p)), ("llava_json", "llava", str(lj))])
                | beam.FlatMap(build.read_input) | beam.Map(lambda e: (e[0], e[1], e[2])))
@@ -48,7 +49,7 @@ def test_read_input_fails_loudly_on_a_broken_json_list(tmp_path):
 def test_parse_splits_candidates_and_rejects():
     els = [("gqa", "gqa_cot_train.jsonl", 1, _gqa_line(1)),
            ("gqa", "gqa_cot_train.jsonl", 2, _gqa_line(2, bboxs=[])),
-           ("llava", "l.json", 1, {"id": 5, "conversations": CONV}),
+           ("llava", "l.json", 1, {"id": 5, "conversations": TEXT_CONV}),
            ("llava", "l.json", 2, {"id": 6})]
     with BeamTestPipeline() as p:
         res = p | beam.Create(els) | beam.ParDo(build.ParseFn(RECIPE)).with_outputs(build.REJECTS, main="ok")
@@ -82,7 +83,7 @@ def test_select_counts_duplicates_once_for_the_cap():
 
 
 def test_select_then_assign_caps_by_hash_and_deals_round_robin():
-    cands = [parse_llava_item({"id": i, "conversations": CONV}, "l.json", i, seed=0) for i in range(5)]
+    cands = [parse_llava_item({"id": i, "conversations": TEXT_CONV}, "l.json", i, seed=0) for i in range(5)]
     expected = sorted(cands, key=lambda c: c["sort_hash"])[:3]  # bottom-3 by hash (cap 3)
     with BeamTestPipeline() as p:
         cs = p | beam.Create(cands)
