@@ -182,3 +182,27 @@ def test_plain_background_changes_pixels_only():
         assert 2 <= x1 - x0 + 1 <= 5 and 2 <= y1 - y0 + 1 <= 5  # 56-112 px = 2-4 blocks of 28 px (+1 unaligned)
     with pytest.raises(ValueError, match="background must be"):
         SyntheticSpec(background="stripes")
+
+
+def test_docs_shard_training_commands_run(tmp_path, monkeypatch):
+    """docs/localizer.md's "From the synthetic set to your shards" commands, as written (the demo
+    build into a temporary folder, then the training command on it)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from crop.cli import main
+    from pipelines.main import run as build
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # the commands name repo-relative files (configs/...)
+    doc = (root / "docs" / "localizer.md").read_text()
+    block = doc.split("## From the synthetic set to your shards", 1)[1].split("```", 2)[1]
+    lines = [ln.split("#")[0].strip() for ln in re.sub(r"\\\s*\n\s*", " ", block).strip().splitlines()]
+    build_argv, train_argv = shlex.split(lines[0]), shlex.split(lines[1])
+    assert build_argv[:2] == ["python", "beam_runner.py"] and train_argv[:2] == ["crop", "train-localizer"]
+    shards = tmp_path / "shards" / "demo"
+    build(build_argv[2:] + ["--output", str(shards)])
+    argv = [a.replace("shards/demo", str(shards)).replace("runs/loc-demo", str(tmp_path / "run")) for a in train_argv[1:]]
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
