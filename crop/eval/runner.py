@@ -31,7 +31,7 @@ from crop.eval.config import (  # noqa: F401  (re-exported: the runner's public 
     FAMILIES, METHOD_NAMES, REGION_METHODS, BenchmarkConfig, ConfigError, EvalConfig, MethodConfig,
     ModelConfig, apply_overrides, load_config, parse_budget)
 from crop.eval.scorers import BenchmarkFiles, score_answer_file
-from crop.eval.scorers.common import read_jsonl
+from crop.eval.scorers.common import COVERAGE_FIELDS, read_jsonl
 
 SUMMARY = "summary.json"
 __all__ = ["FAMILIES", "METHOD_NAMES", "REGION_METHODS", "BenchmarkConfig", "ConfigError", "EvalConfig",
@@ -123,6 +123,12 @@ def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path) -> dict[s
 
 
 def score_benchmark(bench: Any, answers_path: Path, bdir: Path) -> dict[str, Any]:
+    """Score one answer file; the summary entry gets ``score``, ``complete`` and ``coverage``.
+
+    ``complete`` is true only when the scorer says so explicitly (every question of the reference
+    answered once, see ``crop.eval.scorers.common.coverage``): a result without the field is
+    never taken as complete, so a partial run cannot pass for a full one in ``crop table``.
+    """
     files = BenchmarkFiles(question_file=bench.question_file, annotation_file=bench.annotation_file,
                            annotation_dir=bench.annotation_dir, base_dir=bench.base_dir,
                            mme_root=bench.mme_root, split=bench.split)
@@ -130,9 +136,12 @@ def score_benchmark(bench: Any, answers_path: Path, bdir: Path) -> dict[str, Any
     if bench.name == "vqav2" and bench.test_split_file:
         from crop.eval.scorers import vqav2
 
-        rows = vqav2.submission(read_jsonl(answers_path), read_jsonl(bench.test_split_file))
+        answers = read_jsonl(answers_path)
+        rows = vqav2.submission(answers, read_jsonl(bench.test_split_file))
         (bdir / "submission.json").write_text(json.dumps(rows), encoding="utf-8")
         out["submission"] = str(bdir / "submission.json")
+        # against the questions asked (test-dev), not the full test split the upload covers
+        out["submission_coverage"] = vqav2.answer_coverage(answers, read_jsonl(bench.question_file))
     try:
         result = score_answer_file(bench.name, str(answers_path), files, **bench.score_options)
     except (ValueError, FileNotFoundError) as err:
@@ -142,7 +151,8 @@ def score_benchmark(bench: Any, answers_path: Path, bdir: Path) -> dict[str, Any
         return out
     (bdir / "scores.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     out["score"] = result["score"]
-    out["complete"] = result.get("complete", True)
+    out["complete"] = result.get("complete") is True
+    out["coverage"] = {f: result.get(f) for f in COVERAGE_FIELDS if f != "complete"}
     return out
 
 
@@ -176,5 +186,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_eval(cfg)
     for name, entry in summary["benchmarks"].items():
         shown = f"{entry['score']:.2f}" if "score" in entry else entry.get("score_skipped", "not scored")
+        if "score" in entry and not entry.get("complete"):
+            shown += f" (incomplete: {entry.get('coverage')})"
         print(f"{summary['label']}\t{name}\t{shown}")
     return 0

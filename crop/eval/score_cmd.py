@@ -5,17 +5,21 @@
     crop score mme answers.jsonl --mme-root MME_Benchmark_release_version
     crop score pope answers.jsonl --question-file llava_pope_test.jsonl --annotation-dir coco
     crop score scienceqa answers.jsonl --base-dir scienceqa
-    crop score vqav2 answers.jsonl --annotation-file v2_mscoco_val2014_annotations.json
+    crop score vqav2 answers.jsonl --annotation-file v2_mscoco_val2014_annotations.json [--question-file q.jsonl]
     crop score vqav2 answers.jsonl --test-split-file llava_vqav2_mscoco_test2015.jsonl \\
+        --question-file llava_vqav2_mscoco_test-dev2015.jsonl \\
         --submission upload.json          # test-dev: the EvalAI server scores the upload
 
-Prints the result JSON (``score`` is the paper's number) and writes it with ``--out``.
+Prints the result JSON (``score`` is the paper's number; ``n_questions``, ``n_answered``,
+``missing``, ``duplicates`` and ``complete`` beside it) and writes it with ``--out``. An
+incomplete result also gets a one-line note on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from crop.eval.scorers import SCORERS, BenchmarkFiles, score_answer_file
@@ -30,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="GQA: fail on missing predictions, as the original")
     parser.add_argument("--pope-metric", choices=("f1", "accuracy"), default="f1", help="POPE headline metric")
     parser.add_argument("--test-split-file", help="VQAv2: full test question file for --submission")
+    # --question-file: POPE's categories; VQAv2: the evaluated questions (default: all annotated)
     parser.add_argument("--submission", help="VQAv2: write the EvalAI upload JSON here")
     parser.add_argument("--out", help="write the result JSON here")
 
@@ -41,9 +46,14 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.test_split_file:
             raise SystemExit("--submission needs --test-split-file (llava_vqav2_mscoco_test2015.jsonl)")
-        rows = vqav2.submission(read_jsonl(args.answers), read_jsonl(args.test_split_file))
+        answers = read_jsonl(args.answers)
+        rows = vqav2.submission(answers, read_jsonl(args.test_split_file))
         Path(args.submission).write_text(json.dumps(rows), encoding="utf-8")
-        print(f"wrote {len(rows)} rows to {args.submission}")
+        print(f"wrote {len(rows)} rows to {args.submission} (questions without an answer get \"\", "
+              "scored 0 by EvalAI; a repeated question_id keeps its last answer)")
+        if args.question_file:
+            cov = vqav2.answer_coverage(answers, read_jsonl(args.question_file))
+            print(json.dumps({"submission_coverage": cov}))
         if not args.annotation_file:
             return 0
     files = BenchmarkFiles(question_file=args.question_file, annotation_file=args.annotation_file,
@@ -55,4 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     print(text)
+    if result.get("complete") is not True:
+        print(f"note: {args.benchmark} result is incomplete ({result.get('n_answered')} of "
+              f"{result.get('n_questions')} questions answered, {result.get('duplicates')} duplicate answers)",
+              file=sys.stderr)
     return 0

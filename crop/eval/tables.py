@@ -15,6 +15,13 @@ every run joins the group of the baseline with the same ``model`` (the run's ``m
 RelAcc is taken against that group's baseline, and rows of different models are matched on
 (section, method name). The method name is the run's label without a leading ``"<model>/"``
 (the default labels are ``"<model>/<method>-R<budget>"``); the baselines share one row.
+
+Incomplete cells: a benchmark whose run summary does not say ``"complete": true`` (answers
+missing or duplicated, a ``--limit`` run, an MME without all 14 subtasks, or a summary written
+before completeness was recorded) is printed with a trailing ``†`` and a footnote, never bold.
+RelAcc refuses to use such a cell -- of the row or of its baseline -- with a one-line error
+naming the run and benchmark, unless ``allow_incomplete`` (``--allow-incomplete``) is set; the
+RelAcc computed from incomplete cells is marked ``†`` too.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import argparse
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from crop.eval import BENCHMARKS
 from crop.eval.relacc import relacc
 
+INCOMPLETE_MARK = "†"
+INCOMPLETE_NOTE = (f"{INCOMPLETE_MARK} incomplete: answers missing or duplicated, or the run predates completeness "
+                   "records (see the run's <benchmark>/scores.json)")
 COLUMN_TITLES = {"gqa": "GQA", "mme": "MME", "textvqa": "VQA^T", "scienceqa": "SQA^I", "vqav2": "VQA^V2",
                  "pope": "POPE"}
 
@@ -40,6 +50,25 @@ class Row:
     scores: dict[str, float | None]
     relacc: float | None = None
     model: str = ""
+    path: str = ""
+    incomplete: dict[str, str] = field(default_factory=dict)   # benchmark -> why its cell is incomplete
+    relacc_incomplete: bool = False                            # RelAcc used an incomplete cell
+
+
+def incomplete_reason(entry: dict) -> str | None:
+    """Why a scored benchmark entry of a summary is not complete; None when it is.
+
+    Only an explicit ``"complete": true`` counts: a missing field is not taken as complete.
+    """
+    if entry.get("score") is None or entry.get("complete") is True:
+        return None
+    cov = entry.get("coverage") or {}
+    if "complete" not in entry:
+        return "no completeness record"
+    parts = [f"{cov['missing']} of {cov['n_questions']} questions unanswered"] if cov.get("missing") else []
+    if cov.get("duplicates"):
+        parts.append(f"{cov['duplicates']} duplicate answers")
+    return ", ".join(parts) or "incomplete"
 
 
 def default_section(budget: int | float | None) -> str:
@@ -55,21 +84,35 @@ def load_row(run_dir: str | Path) -> Row:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: no summary.json (is it a `crop eval` output folder?)")
     s = json.loads(path.read_text(encoding="utf-8"))
-    scores = {b: e.get("score") for b, e in s.get("benchmarks", {}).items()}
+    entries = s.get("benchmarks", {})
+    scores = {b: e.get("score") for b, e in entries.items()}
+    incomplete = {b: why for b, e in entries.items() if (why := incomplete_reason(e)) is not None}
     section = s.get("section") or default_section(s.get("budget"))
     return Row(label=s.get("label") or Path(run_dir).name, section=section, scores=scores,
-               model=s.get("model") or "")
+               model=s.get("model") or "", path=str(run_dir), incomplete=incomplete)
+
+
+def row_relacc(row: Row, base: Row, benchmarks: list[str], allow_incomplete: bool = False) -> float | None:
+    """``relacc`` of ``row`` against ``base``, refusing incomplete cells unless ``allow_incomplete``."""
+    used = [b for b in benchmarks if row.scores.get(b) is not None and base.scores.get(b) is not None]
+    bad = [(r, b) for b in used for r in (row, base) if b in r.incomplete]
+    if bad and not allow_incomplete:
+        r, b = bad[0]
+        raise ValueError(f"{r.path or r.label}: {b} is incomplete ({r.incomplete[b]}); RelAcc of {row.label!r} "
+                         "refuses incomplete cells (finish the run, or pass --allow-incomplete)")
+    row.relacc_incomplete = bool(bad)
+    return relacc(row.scores, base.scores, benchmarks)
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def build_rows(runs: list[str], baseline: str, benchmarks: list[str]) -> list[Row]:
+def build_rows(runs: list[str], baseline: str, benchmarks: list[str], allow_incomplete: bool = False) -> list[Row]:
     base = load_row(baseline)
     rows = [base] + [load_row(r) for r in runs if not _same(r, baseline)]
     for row in rows:
-        row.relacc = relacc(row.scores, base.scores, benchmarks)
+        row.relacc = row_relacc(row, base, benchmarks, allow_incomplete)
     order = list(dict.fromkeys([base.section] + [r.section for r in rows]))
     return sorted(rows, key=lambda r: (order.index(r.section), r is not base))
 
@@ -90,7 +133,7 @@ class GroupedTable:
 
 
 def build_grouped(runs: list[str], baselines: list[str], benchmarks: list[str],
-                  baseline_name: str | None = None) -> GroupedTable:
+                  baseline_name: str | None = None, allow_incomplete: bool = False) -> GroupedTable:
     """Group runs by model under their baselines (one per model), RelAcc within each group."""
     bases = [load_row(b) for b in baselines]
     models = [b.model for b in bases]
@@ -102,7 +145,7 @@ def build_grouped(runs: list[str], baselines: list[str], benchmarks: list[str],
     keys: list[tuple[str, str]] = [(bases[0].section, base_name)]
     cells: dict[tuple[str, str], dict[str, Row]] = {keys[0]: {}}
     for b in bases:
-        b.relacc = relacc(b.scores, b.scores, benchmarks)
+        b.relacc = row_relacc(b, b, benchmarks, allow_incomplete)
         cells[keys[0]][b.model] = b
     for run in runs:
         if any(_same(run, b) for b in baselines):
@@ -110,7 +153,7 @@ def build_grouped(runs: list[str], baselines: list[str], benchmarks: list[str],
         row = load_row(run)
         if row.model not in base_of:
             raise ValueError(f"{run}: model {row.model!r} has no baseline (baselines are of {models})")
-        row.relacc = relacc(row.scores, base_of[row.model].scores, benchmarks)
+        row.relacc = row_relacc(row, base_of[row.model], benchmarks, allow_incomplete)
         key = (row.section, method_name(row))
         slot = cells.setdefault(key, {})
         if row.model in slot:
@@ -135,23 +178,43 @@ def _value(r: Row | None, c: str) -> float | None:
     return r.relacc if c == "relacc" else r.scores.get(c)
 
 
-def _text(c: str, v: float | None, decimals: int) -> str:
-    return "-" if v is None else (f"{v:.1f}%" if c == "relacc" else _fmt(c, v, decimals))
+def _marked(r: Row | None, c: str) -> bool:
+    """Whether the cell (benchmark or RelAcc column) of ``r`` is incomplete."""
+    return r is not None and (r.relacc_incomplete if c == "relacc" else c in r.incomplete)
+
+
+def _text(c: str, v: float | None, decimals: int, incomplete: bool = False) -> str:
+    if v is None:
+        return "-"
+    text = f"{v:.1f}%" if c == "relacc" else _fmt(c, v, decimals)
+    return text + INCOMPLETE_MARK if incomplete else text
+
+
+def _cell(r: Row | None, c: str, decimals: int) -> str:
+    return _text(c, _value(r, c), decimals, _marked(r, c))
 
 
 def _cells(group: list[Row | None], cols: list[str], decimals: int) -> list[list[str]]:
-    """Formatted cells per row of one section of one model; the column best in bold."""
+    """Formatted cells per row of one section of one model; the best complete value of a column in bold."""
     present = [r for r in group if r is not None]
-    best = {c: max((v for r in present if (v := _value(r, c)) is not None), default=None) for c in cols}
+    best = {c: max((v for r in present if (v := _value(r, c)) is not None and not _marked(r, c)), default=None)
+            for c in cols}
     out = []
     for r in group:
         row = []
         for c in cols:
             v = _value(r, c)
-            text = _text(c, v, decimals)
-            row.append(f"**{text}**" if v is not None and len(present) > 1 and v == best[c] else text)
+            text = _cell(r, c, decimals)
+            bold = v is not None and not _marked(r, c) and len(present) > 1 and v == best[c]
+            row.append(f"**{text}**" if bold else text)
         out.append(row)
     return out
+
+
+def _footnote(rows: list[Row | None], cols: list[str]) -> str:
+    """The ``†`` legend, when a table shows an incomplete cell."""
+    shown = any(_marked(r, c) and _value(r, c) is not None for r in rows for c in cols)
+    return f"\n{INCOMPLETE_NOTE}\n" if shown else ""
 
 
 def to_csv(rows: list[Row], benchmarks: list[str], decimals: int = 1) -> str:
@@ -159,8 +222,7 @@ def to_csv(rows: list[Row], benchmarks: list[str], decimals: int = 1) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["section", "method"] + [COLUMN_TITLES.get(b, b) for b in benchmarks] + ["RelAcc"])
     for r in rows:
-        w.writerow([r.section, r.label] + [_fmt(b, r.scores.get(b), decimals) for b in benchmarks]
-                   + ["-" if r.relacc is None else f"{r.relacc:.1f}%"])
+        w.writerow([r.section, r.label] + [_cell(r, c, decimals) for c in benchmarks + ["relacc"]])
     return buf.getvalue()
 
 
@@ -173,7 +235,7 @@ def to_markdown(rows: list[Row], benchmarks: list[str], decimals: int = 1) -> st
         lines.append(f"| *{section}* |" + " |" * len(cols))
         for r, cells in zip(group, _cells(group, cols, decimals)):
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _footnote(list(rows), cols)
 
 
 def grouped_csv(table: GroupedTable, benchmarks: list[str], decimals: int = 1) -> str:
@@ -184,7 +246,7 @@ def grouped_csv(table: GroupedTable, benchmarks: list[str], decimals: int = 1) -
     w.writerow(["section", "method"] + [f"{m} {t}" for m in table.models for t in titles])
     for key in table.keys:
         slot = table.cells[key]
-        w.writerow(list(key) + [_text(c, _value(slot.get(m), c), decimals) for m in table.models for c in cols])
+        w.writerow(list(key) + [_cell(slot.get(m), c, decimals) for m in table.models for c in cols])
     return buf.getvalue()
 
 
@@ -203,7 +265,7 @@ def grouped_markdown(table: GroupedTable, benchmarks: list[str], decimals: int =
         for i, key in enumerate(keys):
             cells = [cell for model_cells in per_model for cell in model_cells[i]]
             lines.append(f"| {key[1]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _footnote([r for slot in table.cells.values() for r in slot.values()], cols)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,17 +277,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-name", help="row name of the baselines in a side-by-side table")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
     parser.add_argument("--decimals", type=int, default=1)
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="compute RelAcc even from incomplete cells (partial or duplicated answers); marked †")
     parser.add_argument("--md", help="write Markdown here (default: print it)")
     parser.add_argument("--csv", help="write CSV here")
 
 
 def run(args: argparse.Namespace) -> int:
     if len(args.baseline) > 1 or args.by_model:
-        table = build_grouped(args.runs, args.baseline, args.benchmarks, args.baseline_name)
+        table = build_grouped(args.runs, args.baseline, args.benchmarks, args.baseline_name, args.allow_incomplete)
         md = grouped_markdown(table, args.benchmarks, args.decimals)
         csv_text = grouped_csv(table, args.benchmarks, args.decimals)
     else:
-        rows = build_rows(args.runs, args.baseline[0], args.benchmarks)
+        rows = build_rows(args.runs, args.baseline[0], args.benchmarks, args.allow_incomplete)
         md = to_markdown(rows, args.benchmarks, args.decimals)
         csv_text = to_csv(rows, args.benchmarks, args.decimals)
     if args.md:

@@ -14,7 +14,7 @@ def _run(tmp_path, name, section, values, budget=None):
     d = tmp_path / name
     d.mkdir()
     summary = {"label": name, "section": section, "budget": budget,
-               "benchmarks": {b: {"score": v} for b, v in zip(B6, values) if v is not None}}
+               "benchmarks": {b: {"score": v, "complete": True} for b, v in zip(B6, values) if v is not None}}
     (d / "summary.json").write_text(json.dumps(summary))
     return str(d)
 
@@ -62,7 +62,7 @@ def _model_run(tmp_path, name, model, label, section, values, budget=None):
     d = tmp_path / name
     d.mkdir()
     summary = {"label": label, "model": model, "section": section, "budget": budget,
-               "benchmarks": {b: {"score": v} for b, v in zip(B6, values) if v is not None}}
+               "benchmarks": {b: {"score": v, "complete": True} for b, v in zip(B6, values) if v is not None}}
     (d / "summary.json").write_text(json.dumps(summary))
     return str(d)
 

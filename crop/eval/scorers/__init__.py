@@ -2,8 +2,10 @@
 already-loaded files) and ``score_files(answers_path, BenchmarkFiles)``.
 
 Every result is a dict with ``benchmark``, ``metric``, ``score`` (the number the paper prints:
-percent, or MME's perception + cognition on its 2800 scale) and ``n``; most add ``complete``
-(false for partial answer files) and break-downs.
+percent, or MME's perception + cognition on its 2800 scale), ``n`` (the questions the score
+averages over), the coverage fields ``n_questions``, ``n_answered``, ``missing``, ``duplicates``
+and ``complete`` (counted on distinct questions of the reference file by
+``common.coverage``; the same names for all six benchmarks), and break-downs.
 """
 
 from __future__ import annotations

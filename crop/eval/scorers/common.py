@@ -32,7 +32,6 @@ class BenchmarkFiles:
     annotation_dir: str | None = None
     base_dir: str | None = None
     mme_root: str | None = None
-    vqav2_questions_file: str | None = None
     split: str = "test"
 
     def need(self, field: str, benchmark: str) -> Path:
