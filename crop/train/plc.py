@@ -368,13 +368,31 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
     if counters:
         log.info("skipped samples by reason: %s", dict(counters))
     if cfg.train.export_final:
-        final = out / "final"
-        final.mkdir(exist_ok=True)
-        model.save_plc(final / "plc.safetensors")
-        model.llava.save_pretrained(final / "llava")
-        tokenizer.save_pretrained(final / "llava")
-        image_processor.save_pretrained(final / "llava")
+        export_final(model, tokenizer, image_processor, out / "final")
     return {"step": step, "loss": last_loss, "counters": dict(counters)}
+
+
+def export_final(model, tokenizer, image_processor, final: Path) -> None:
+    """``final/llava``: what ``crop eval`` loads with ``model.path`` (weights, and a full
+    ``LlavaProcessor``: tokenizer, the image processor trained with, ``processor_config.json``);
+    ``final/plc.safetensors``: ``model.plc_weights``.
+
+    The processor config carries the vision patch size and feature-selection strategy; without it
+    ``AutoProcessor`` loads a ``LlavaProcessor`` whose ``patch_size`` is None and cannot encode an
+    image prompt.
+    """
+    from transformers import LlavaProcessor
+
+    cfg = model.llava.config
+    final.mkdir(parents=True, exist_ok=True)
+    model.save_plc(final / "plc.safetensors")
+    model.llava.save_pretrained(final / "llava")
+    # num_additional_image_tokens=1: CLIP's CLS token, dropped again by the "default" strategy
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=cfg.vision_config.patch_size,
+                               vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                               num_additional_image_tokens=1)
+    processor.save_pretrained(final / "llava")
 
 
 # --------------------------------------------------------------------------------- building + CLI

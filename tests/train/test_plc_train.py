@@ -250,3 +250,25 @@ def test_cli_trains_from_shards_and_exports(tmp_path):
     trained = LlavaPLC.load_plc(out / "final/plc.safetensors")
     assert torch.equal(loaded.plc.q_context, trained.q_context)
     assert loaded.num_image_tokens == 68
+
+    # crop eval loads the export as it is: AutoProcessor with a patch size, PLC answers a question
+    from crop.eval.config import EvalConfig
+    from crop.eval.engine import Engine
+    from crop.eval.prompts import load_questions
+
+    (tmp_path / "img").mkdir()
+    samples[0]["image"].save(tmp_path / "img" / "0.png")
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "What color is the box?"}) + "\n")
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text(json.dumps({"key": "0", "region_blocks": [2, 2, 5, 5]}) + "\n")
+    cfg = EvalConfig.from_dict({
+        "model": {"path": str(out / "final/llava"), "dtype": "float32", "device": "cpu",
+                  "plc_weights": str(out / "final/plc.safetensors")},
+        "method": {"name": "plc", "regions": str(regions)}, "output_dir": str(tmp_path / "eval"),
+        "benchmarks": [{"name": "gqa", "question_file": str(qfile), "image_folder": str(tmp_path / "img"),
+                        "max_new_tokens": 2}]})
+    engine = Engine.load(cfg)
+    assert engine.frontend.processor.patch_size == 2 and engine.frontend.padded
+    _, info = engine.answer(load_questions("gqa", qfile)[0], cfg.benchmarks[0])
+    assert (info["visual_tokens_in"], info["visual_tokens_kept"]) == (24 * 24, 68)
