@@ -76,3 +76,28 @@ def test_scienceqa_question_file_for_predict_regions(tmp_path):
     # only problems with an image get a region
     assert [(r["key"], r["image"], r["question"]) for r in question_rows(str(qf))] == [
         ("4", "4/image.png", "Which animal?")]
+
+
+def test_eval_keys_of_a_file_whose_ids_look_like_keys(tmp_path):
+    # a raw id "a#1" next to a repeated "a": counting alone would give two rows the key "a#1"
+    rows = [{"question_id": q, "image": "x.jpg", "text": f"Q?\n{SUFFIX}"} for q in ("a", "a", "a#1")]
+    qf = tmp_path / "q.jsonl"
+    qf.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = [it.key for it in load_questions("gqa", qf)]
+    assert len(set(keys)) == 3 and keys[:2] == ["a", "a#1"]
+
+
+def test_region_file_with_repeated_question_ids(tmp_path):
+    """A regions file keyed by TextVQA's repeated question ids gives each question its own region."""
+    from crop.eval.config import MethodConfig
+    from crop.eval.methods import RegionSource
+
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text("".join(json.dumps({"question_id": "img", "region_blocks": [0, 0, i + 1, i + 1]}) + "\n"
+                               for i in range(2)))
+    src = RegionSource(MethodConfig(name="ilp", regions=str(regions)))
+    assert sorted(src.table) == ["img", "img#1"]
+    assert src.table["img#1"] != src.table["img"]
+    regions.write_text("".join(json.dumps({"key": "img", "region_blocks": [0, 0, 1, 1]}) + "\n" for _ in range(2)))
+    with pytest.raises(ValueError, match="rows 1 and 2 have the same question key 'img'"):
+        RegionSource(MethodConfig(name="ilp", regions=str(regions)))

@@ -24,7 +24,12 @@ SUFFIX = "Answer the question using a single word or phrase."
     ("x no", "no"), ("not sure", "no"), ("Nope", "no"), ("know", "no"),
     ("maybe", "other"), ("", "other"),
 ])
-def test_mme_parse_label_official(text, label):
+def test_mme_label_official(text, label):
+    # through the whole scorer: one answer to a question whose ground truth is "Yes"
+    gt = {("existence", "1.txt", "Q? Please answer yes or no."): "Yes"}
+    r = mme.score_records([{"question_id": "existence/1.jpg", "prompt": f"Q?\n{SUFFIX}", "text": text}], gt)
+    sub = r["subtasks"]["existence"]
+    assert ("other" if sub["other"] else "yes" if sub["acc"] == 100 else "no") == label
     assert mme.parse_label(mme.one_line(text)) == label
 
 
