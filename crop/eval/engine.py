@@ -56,16 +56,19 @@ class Engine:
         from crop.eval.efficiency import LatencyProbe
 
         self.max_new_tokens = bench.max_new_tokens
-        image = size_wh = None
+        image = size_wh = region = None
         if item.image:
-            image = Image.open(Path(bench.image_folder) / item.image).convert("RGB")
-            size_wh = image.size
-            image = self.frontend.prepare_image(image)
+            original = Image.open(Path(bench.image_folder) / item.image).convert("RGB")
+            size_wh = original.size
+            # The localizer sees the original image, as in training and `crop predict-regions`; its
+            # region is a region of the original image, mapped once by crop.pruning.region_map.
+            region = self.regions.region(item, original) if self.regions else None
+            image = self.frontend.prepare_image(original)  # what the VLM's processor sees
         prompt, enc = self.frontend.encode(item.message, image)
         inputs = self._to_device(enc)
         name = self.cfg.method.name if image is not None else "none"  # text-only: nothing to prune
         ctx = {"key": item.key, "size_wh": size_wh, "image": image, "prompt": prompt, "message": item.message,
-               "region": self.regions.region(item, image) if (self.regions and image is not None) else None}
+               "region": region}
         target = getattr(self.model, "llava", self.model)
         with LatencyProbe(target) as probe:
             probe.start()

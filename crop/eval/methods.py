@@ -3,9 +3,11 @@
 Every adapter has the signature ``(engine, inputs, ctx) -> (output_ids, info)``:
 
 * ``inputs``: the encoded prompt on the device (``input_ids (1, N)``, pixel inputs);
-* ``ctx``: ``key``, ``region`` (a ``Region`` of 8x8 blocks on the original image, or None),
-  ``size_wh`` (original image size), ``image`` (as the processor sees it), ``message``;
-* ``info``: ``visual_tokens_in`` / ``visual_tokens_kept`` for the efficiency table, plus
+* ``ctx``: ``key``, ``region`` (a ``Region`` of 8x8 blocks on the original image, or None; a
+  localizer is shown the original image), ``size_wh`` (original image size), ``image`` (as the
+  VLM's processor sees it, e.g. padded to a square), ``message``;
+* ``info``: ``visual_tokens_in`` / ``visual_tokens_kept`` for the efficiency table (region
+  methods add ``visual_tokens_kept_image`` / ``visual_tokens_kept_padding``), plus
   ``prompt_len`` when the output's prompt part differs from ``inputs`` and
   ``output_has_prompt: False`` when ``generate`` returned new tokens only (embeds input), and
   ``region_used`` when the pruned region is not the given one (Table 10's centre / random).
@@ -113,7 +115,18 @@ def method_ilp(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
     plan = keep_plan(engine, inputs, ctx)
     with attach_ilp(engine.model, plan, layer=engine.cfg.method.layer):
         out = engine.generate(inputs)
-    return out, {"visual_tokens_in": plan.visual_total[0], "visual_tokens_kept": plan.visual_kept[0]}
+    return out, plan_info(plan)
+
+
+def plan_info(plan: Any) -> dict:
+    """Efficiency-row fields of a keep plan: visual tokens in / kept, and of the kept ones how many
+    show the image and how many are pure padding (LLaVA-1.5 pad-to-square bands, LLaVA-NeXT's
+    letterbox; see docs/pruning.md)."""
+    info = {"visual_tokens_in": plan.visual_total[0], "visual_tokens_kept": plan.visual_kept[0]}
+    if plan.padding_kept is not None:
+        info["visual_tokens_kept_image"] = plan.image_kept[0]
+        info["visual_tokens_kept_padding"] = plan.padding_kept[0]
+    return info
 
 
 def method_prune(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
@@ -121,8 +134,7 @@ def method_prune(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
 
     plan = keep_plan(engine, inputs, ctx)
     out = engine.generate(prune_inputs(engine.model, inputs, plan))  # (1, new): embeds-only input
-    return out, {"visual_tokens_in": plan.visual_total[0], "visual_tokens_kept": plan.visual_kept[0],
-                 "output_has_prompt": False}
+    return out, {**plan_info(plan), "output_has_prompt": False}
 
 
 def method_fastv(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
@@ -145,7 +157,8 @@ def method_plc(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
 
     plc, fe = engine.model, engine.frontend  # LlavaPLC
     view = "pad" if fe.padded else view_of(fe.image_processor)
-    mask = context_masks([ctx["region"]], [ctx["size_wh"]], view, plc.grid_hw).to(engine.device)  # (1, R*C)
+    mask = context_masks([ctx["region"]], [ctx["size_wh"]], view, plc.grid_hw,  # ILP's mapping: (1, R*C)
+                         tile_px=plc.tile_px).to(engine.device)
     ids = fe.tokenizer(ctx["prompt"], return_tensors=None)["input_ids"]
     ids = expand_image_tokens(ids, plc.image_token_id, plc.num_image_tokens)
     input_ids = torch.tensor([ids], device=engine.device)  # (1, N)

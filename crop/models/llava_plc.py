@@ -13,7 +13,8 @@ repeats it ``PLCConfig.num_output_tokens`` (68) times, so placeholders follow th
 
 Region side: a region is given in 8x8 blocks of the *original* image; the image processor may
 center-crop (llava-hf default: shortest edge -> 336, crop 336) or pad to a square (original LLaVA),
-so :func:`region_box_in_view` maps the region into the processed view before building the token mask.
+so :func:`context_masks` maps the region into the processed view with ILP's own mapping
+(:mod:`crop.pruning.region_map`): one region gives the same token set to PLC and ILP.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from crop.models.plc import PLC, PLCConfig, box_token_masks
+from crop.models.plc import PLC, PLCConfig
 
 VIEWS = ("resize", "center_crop", "pad")
 
@@ -35,24 +37,30 @@ VIEWS = ("resize", "center_crop", "pad")
 # regions -> token masks in the processed view (pure)
 
 
-def region_box_in_view(region: Sequence[int], width: int, height: int, view: str,
-                       grid: int = 8) -> tuple[float, float, float, float]:
+GEOMETRY_OF_VIEW = {"resize": "resize", "center_crop": "center_crop", "pad": "pad_square"}
+
+
+def region_box_in_view(region: Sequence[int], width: int, height: int, view: str, grid: int = 8,
+                       tile_px: int | None = None) -> tuple[float, float, float, float]:
     """Block region on a ``width`` x ``height`` image -> normalized xyxy box in the processed view.
 
-    ``resize``: plain resize, the box is unchanged. ``center_crop``: the central square of side
-    min(W, H) is kept (shortest-edge resize then center crop); the box may leave [0, 1].
-    ``pad``: the image is centred in a max(W, H) square (LLaVA's expand2square).
+    ``resize``: plain resize, the box is unchanged. ``center_crop``: shortest side -> the tile,
+    central square kept; the box may leave [0, 1]. ``pad``: the image centred in a max(W, H)
+    square (LLaVA's expand2square, offset floored). The numbers come from
+    :func:`crop.pruning.region_map.map_box_to_view` (the processors' integer arithmetic; the
+    centre crop's needs ``tile_px``, else the continuous formula); kept for inspection, the
+    masks use :func:`context_masks`.
     """
-    from crop.geometry.regions import region_to_box_px
+    from crop.pruning.region_map import map_box_to_view, to_box_norm
+    from crop.pruning.layout import ViewGrid
+    from crop.geometry.regions import Region
 
     if view not in VIEWS:
         raise ValueError(f"view={view!r} is not one of {VIEWS}")
-    x1, y1, x2, y2 = region_to_box_px(region, width, height, grid)
-    if view == "resize":
-        return (x1 / width, y1 / height, x2 / width, y2 / height)
-    side = min(width, height) if view == "center_crop" else max(width, height)
-    dx, dy = (width - side) / 2, (height - side) / 2  # crop: origin shift >= 0; pad: <= 0
-    return ((x1 - dx) / side, (y1 - dy) / side, (x2 - dx) / side, (y2 - dy) / side)
+    geometry = {} if tile_px is None else {"image_size": int(tile_px)}
+    grid_view = ViewGrid("llava", 0, np.zeros((1, 1), dtype=np.int64), None, geometry)
+    box = to_box_norm(Region(*region), grid)
+    return tuple(float(v) for v in map_box_to_view(box, grid_view, (width, height), GEOMETRY_OF_VIEW[view]))
 
 
 def view_of(image_processor) -> str:
@@ -65,11 +73,24 @@ def view_of(image_processor) -> str:
 
 
 def context_masks(regions: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]], view: str,
-                  grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Regions with their image sizes (W, H) -> flat context masks ``(B, R*C)`` in ``view``."""
-    boxes = torch.tensor([region_box_in_view(r, w, h, view) for r, (w, h) in zip(regions, sizes)],
-                         dtype=torch.float64)  # (B, 4)
-    return box_token_masks(boxes, grid_hw).flatten(1)  # (B, R*C)
+                  grid_hw: tuple[int, int], tile_px: int | None = None) -> torch.Tensor:
+    """Regions with their image sizes (W, H) -> flat context masks ``(B, R*C)`` in ``view``.
+
+    The mask is ILP's exact keep mask of the same region (one mapping for both:
+    :func:`crop.pruning.region_map.llava_region_mask`): padding cells are outside the context
+    unless the region is the whole image, which makes every token context. ``tile_px`` is the
+    vision tower's input side (``LlavaPLC.tile_px``); the centre crop needs it to follow the
+    processor's integer arithmetic.
+    """
+    from crop.geometry.regions import Region
+    from crop.pruning.region_map import llava_region_mask
+
+    if view not in VIEWS:
+        raise ValueError(f"view={view!r} is not one of {VIEWS}")
+    masks = [llava_region_mask(Region(*r), (int(w), int(h)), GEOMETRY_OF_VIEW[view], grid_hw, tile_px)
+             for r, (w, h) in zip(regions, sizes)]  # each (R, C)
+    out = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, *grid_hw), dtype=torch.bool)
+    return out.flatten(1)  # (B, R*C)
 
 
 def expand_image_tokens(ids: Sequence[int], image_token_id: int, count: int) -> list[int]:
@@ -112,6 +133,11 @@ class LlavaPLC(nn.Module):
     @property
     def grid_hw(self) -> tuple[int, int]:
         return self.plc.grid_hw
+
+    @property
+    def tile_px(self) -> int:
+        """Side in pixels of the square the vision tower sees (``vision_config.image_size``)."""
+        return int(self.llava.config.vision_config.image_size)
 
     def freeze_vision_tower(self) -> None:
         """Paper Stage 2: the vision encoder stays frozen; PLC, projector and LLM train."""

@@ -2,7 +2,8 @@
 
 Read top to bottom:
 
-1. masks   : region blocks (B, 4) -> context token masks (B, R, C), by broadcasting (no Python loop).
+1. masks   : region blocks (B, 4) -> context token masks (B, R, C), by broadcasting (no Python loop);
+             regions on an original image go through ILP's mapping (``llava_plc.context_masks``).
 2. P(.)    : fixed 2-D sine-cosine positional encoding of *continuous* (row, col) token coordinates,
              times one learnable gain ``pos_gain``. Tokens use their grid cell; the 64 context queries
              sit on an 8x8 lattice spread over the region's bounding box (so "query (i, j)" means
@@ -95,18 +96,19 @@ def region_token_masks(regions: torch.Tensor, grid_hw: tuple[int, int], grid: in
 
 
 def box_token_masks(boxes_norm: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Normalized boxes ``(B, 4)`` xyxy -> bool masks ``(B, R, C)`` (cells overlapping with area > 0).
+    """Normalized boxes ``(B, 4)`` xyxy in the view -> bool masks ``(B, R, C)``.
 
-    For regions mapped through a processor's crop or pad (see ``llava_plc.region_box_in_view``);
-    parts outside [0, 1] are ignored, a box fully outside gives an empty mask.
+    The cell rule is ILP's (:func:`crop.pruning.region_map.view_box_mask`: positive-area overlap,
+    float noise at cell boundaries snapped); parts outside [0, 1] are ignored, a box fully outside
+    gives an empty mask. Regions on the original image go through ``llava_plc.context_masks``.
     """
-    rows, cols = grid_hw
-    b = boxes_norm.double()
-    c = torch.arange(cols, device=b.device, dtype=torch.float64)
-    r = torch.arange(rows, device=b.device, dtype=torch.float64)
-    col_in = (c < b[:, 2, None] * cols) & (c + 1 > b[:, 0, None] * cols)  # (B, C)
-    row_in = (r < b[:, 3, None] * rows) & (r + 1 > b[:, 1, None] * rows)  # (B, R)
-    return row_in[:, :, None] & col_in[:, None, :]  # (B, R, C)
+    from crop.pruning.region_map import view_box_mask
+
+    boxes = boxes_norm.detach().cpu().double().tolist()
+    masks = [torch.from_numpy(view_box_mask(tuple(b), grid_hw)) for b in boxes]  # each (R, C)
+    if not masks:
+        return torch.zeros((0, *grid_hw), dtype=torch.bool, device=boxes_norm.device)
+    return torch.stack(masks).to(boxes_norm.device)  # (B, R, C)
 
 
 def mask_bbox(masks: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,17 @@ A region is either a ``Region`` of 8x8 blocks or a normalized box ``(x1, y1, x2,
 a padded square, a plain resize, or letterboxed tiles), then turned into a keep-mask with the
 cell-overlap rule of :func:`crop.geometry.tokens.box_norm_token_mask`.
 
+This module is the one owner of "region on the original image -> visual token mask":
+:func:`view_keep_mask` is used by ILP, prune, the centre / random baselines, the averaged budget
+and (through :func:`llava_region_mask`) PLC's context masks.
+
 Two retention modes:
 
-* exact (``budget=None``): every token whose cell overlaps the mapped box.
+* exact (``budget=None``): every token whose cell overlaps the mapped box; pure padding is
+  dropped unless the region is the whole image (then every token is kept: no pruning).
 * budget ``R`` tokens per image: see :func:`budget_rect`; the rectangle keeps the mapped box's
-  centre and aspect ratio and is grown or shrunk to about ``R`` cells, split over the image's
-  views in proportion to their cell counts.
+  centre and aspect ratio and is grown or shrunk to about ``R`` cells of image (never padding),
+  split over the image's views in proportion to their cell counts.
 
 LLaVA-NeXT newline tokens are kept iff their row keeps at least one token; they are not counted
 against the budget (they are counted in ``visual_kept``).
@@ -42,6 +47,10 @@ class KeepPlan:
     generated later) stays. ``prompt_len`` is the prompt length the plan was computed for and
     ``visual[b]`` the positions of row b's image tokens then (``None`` for a hand-built plan); the
     hooks check both against the prompt they prune (:mod:`crop.pruning.guards`).
+
+    ``padding_total[b]`` / ``padding_kept[b]``: row b's visual tokens that show no image (pure
+    padding cells, :func:`content_mask`) in all / kept; ``image_kept`` = kept minus padding
+    (``None`` when the plan was built without that knowledge, e.g. FastV's or a hand-built one).
     """
 
     prompt_len: int
@@ -49,14 +58,24 @@ class KeepPlan:
     visual_total: tuple[int, ...]
     visual_kept: tuple[int, ...]
     visual: tuple[np.ndarray, ...] | None = None
+    padding_total: tuple[int, ...] | None = None
+    padding_kept: tuple[int, ...] | None = None
+
+    @property
+    def image_kept(self) -> tuple[int, ...] | None:
+        """Kept visual tokens that show some of the image, per row."""
+        if self.padding_kept is None:
+            return None
+        return tuple(k - p for k, p in zip(self.visual_kept, self.padding_kept))
 
     @property
     def batch_size(self) -> int:
         return len(self.drop)
 
     @classmethod
-    def from_keep_masks(cls, layouts: Sequence[SampleLayout], keep_visual: Sequence[np.ndarray]) -> "KeepPlan":
-        """``keep_visual[b]`` is a bool mask over ``layouts[b].visual_positions``."""
+    def from_keep_masks(cls, layouts: Sequence[SampleLayout], keep_visual: Sequence[np.ndarray],
+                        padding_visual: Sequence[np.ndarray] | None = None) -> "KeepPlan":
+        """``keep_visual[b]`` (and ``padding_visual[b]``) are bool masks over ``layouts[b].visual_positions``."""
         drop, kept = [], []
         for lay, m in zip(layouts, keep_visual):
             m = np.asarray(m, dtype=bool)
@@ -68,7 +87,13 @@ class KeepPlan:
         if len(seq) != 1:
             raise ValueError(f"layouts disagree on the sequence length: {sorted(seq)}")
         total = tuple(lay.num_visual for lay in layouts)
-        return cls(seq.pop(), tuple(drop), total, tuple(kept), tuple(lay.visual_positions for lay in layouts))
+        pad_total = pad_kept = None
+        if padding_visual is not None:
+            pads = [np.asarray(p, dtype=bool) for p in padding_visual]
+            pad_total = tuple(int(p.sum()) for p in pads)
+            pad_kept = tuple(int((p & np.asarray(m, dtype=bool)).sum()) for p, m in zip(pads, keep_visual))
+        return cls(seq.pop(), tuple(drop), total, tuple(kept), tuple(lay.visual_positions for lay in layouts),
+                   pad_total, pad_kept)
 
 
 def to_box_norm(region: RegionLike, grid: int = 8) -> BoxNorm:
@@ -196,51 +221,55 @@ def map_box_to_view(
     raise ValueError(f"unknown view kind {view.kind!r}")
 
 
-def extend_through_padding(box: BoxNorm, mapped: BoxNorm) -> BoxNorm:
-    """Box edges lying on the image border are pushed to the view's border.
-
-    Padding that a processor adds next to the image (pad-to-square bands, the letterbox rows
-    LLaVA-NeXT's unpadding leaves) shows nothing, but it is part of the view; a box touching an
-    image edge keeps the padding on that side, so the whole-image region keeps every token and
-    ILP is then the identity. An edge inside the image is untouched, and so is an edge that
-    lies outside the view already (centre crop): ``min``/``max`` only ever enlarge the box.
-    """
+def is_whole_image(box: BoxNorm) -> bool:
+    """The box covers the whole original image (the region that means "no pruning")."""
     x1, y1, x2, y2 = box
-    m1, n1, m2, n2 = mapped
-    return (
-        min(m1, 0.0) if x1 <= 0.0 else m1,
-        min(n1, 0.0) if y1 <= 0.0 else n1,
-        max(m2, 1.0) if x2 >= 1.0 else m2,
-        max(n2, 1.0) if y2 >= 1.0 else n2,
-    )
+    return x1 <= 0.0 and y1 <= 0.0 and x2 >= 1.0 and y2 >= 1.0
 
 
-def budget_rect(box: BoxNorm, grid_hw: tuple[int, int], budget: int) -> np.ndarray:
+def content_mask(view: ViewGrid, image_wh: tuple[int, int] | None, llava_geometry: str = "center_crop") -> np.ndarray:
+    """Cells ``(rows, cols)`` of the view that show some of the image (the rest is pure padding).
+
+    Padding is what a processor adds around the image: LLaVA-1.5's pad-to-square bands and the
+    letterbox rows / columns LLaVA-NeXT's unpadding leaves. A cell partly on the image counts as
+    image. Centre crops, plain resizes and Qwen2-VL grids have no padding (all True).
+    """
+    return view_box_mask(map_box_to_view((0.0, 0.0, 1.0, 1.0), view, image_wh, llava_geometry), view.grid_hw)
+
+
+def budget_rect(box: BoxNorm, grid_hw: tuple[int, int], budget: int,
+                bounds: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Keep-mask of a contiguous rectangle of about ``budget`` cells centred on ``box``.
 
     Rule: with the box's size in cells ``bw x bh`` (aspect ``a = bw / bh``, 1 if degenerate) and
-    centre ``(cx, cy)`` clamped into the grid, ``h = clamp(round(sqrt(budget / a)), 1, rows)``,
+    centre ``(cx, cy)`` clamped into the allowed cells, ``h = clamp(round(sqrt(budget / a)), 1, rows)``,
     ``w = clamp(round(budget / h), 1, cols)``, then ``h = clamp(round(budget / w), 1, rows)``.
     The rectangle's top-left is ``round(cy - h / 2)`` / ``round(cx - w / 2)`` shifted to lie
-    inside the grid. Kept = ``h * w`` (exactly ``budget`` when it factors, otherwise close).
+    inside the allowed cells. Kept = ``h * w`` (exactly ``budget`` when it factors, otherwise close).
+
+    ``bounds`` = ``(row0, col0, row1, col1)`` (ends exclusive) limits the rectangle to the cells
+    that show the image (:func:`content_mask`), so padding is never spent from the budget;
+    ``rows`` / ``cols`` above are then the bounds' sizes. Default: the whole grid.
     """
     rows, cols = grid_hw
     mask = np.zeros((rows, cols), dtype=bool)
-    if budget <= 0:
+    r_lo, c_lo, r_hi, c_hi = bounds if bounds is not None else (0, 0, rows, cols)
+    n_r, n_c = r_hi - r_lo, c_hi - c_lo
+    if budget <= 0 or n_r <= 0 or n_c <= 0:
         return mask
-    if budget >= rows * cols:
-        mask[:] = True
+    if budget >= n_r * n_c:
+        mask[r_lo:r_hi, c_lo:c_hi] = True
         return mask
     x1, y1, x2, y2 = box
     bw, bh = (x2 - x1) * cols, (y2 - y1) * rows
     a = bw / bh if bw > 0 and bh > 0 else 1.0
-    cx = min(max((x1 + x2) / 2, 0.0), 1.0) * cols
-    cy = min(max((y1 + y2) / 2, 0.0), 1.0) * rows
-    h = min(max(round(math.sqrt(budget / a)), 1), rows)
-    w = min(max(round(budget / h), 1), cols)
-    h = min(max(round(budget / w), 1), rows)
-    r0 = min(max(int(round(cy - h / 2)), 0), rows - h)
-    c0 = min(max(int(round(cx - w / 2)), 0), cols - w)
+    cx = min(max((x1 + x2) / 2 * cols, c_lo), c_hi)
+    cy = min(max((y1 + y2) / 2 * rows, r_lo), r_hi)
+    h = min(max(round(math.sqrt(budget / a)), 1), n_r)
+    w = min(max(round(budget / h), 1), n_c)
+    h = min(max(round(budget / w), 1), n_r)
+    r0 = min(max(int(round(cy - h / 2)), r_lo), r_hi - h)
+    c0 = min(max(int(round(cx - w / 2)), c_lo), c_hi - w)
     mask[r0 : r0 + h, c0 : c0 + w] = True
     return mask
 
@@ -256,13 +285,57 @@ def _snap(v: float, n: int) -> float | Fraction:
     return Fraction(round(t), n) if abs(t - round(t)) < 1e-9 else v
 
 
-def _view_mask(box_v: BoxNorm, view: ViewGrid, budget: int | None) -> np.ndarray:
+def view_box_mask(box_v: BoxNorm, grid_hw: tuple[int, int]) -> np.ndarray:
+    """Cells ``(rows, cols)`` a view box overlaps with positive area (float noise snapped)."""
+    rows, cols = grid_hw
+    x1, y1, x2, y2 = box_v
+    return box_norm_token_mask((_snap(x1, cols), _snap(y1, rows), _snap(x2, cols), _snap(y2, rows)), grid_hw)
+
+
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(row0, col0, row1, col1)`` (ends exclusive) of a mask's true cells; empty -> zero size."""
+    r, c = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if r.size == 0:
+        return 0, 0, 0, 0
+    return int(r[0]), int(c[0]), int(r[-1]) + 1, int(c[-1]) + 1
+
+
+def view_keep_mask(box: BoxNorm, view: ViewGrid, image_wh: tuple[int, int] | None,
+                   llava_geometry: str = "center_crop", budget: int | None = None) -> np.ndarray:
+    """THE region -> token rule: cells ``(rows, cols)`` of ``view`` kept for a box on the original image.
+
+    Every user goes through here: ILP / prune / centre / random (:func:`region_keep_plan`) and
+    PLC's context masks (:func:`llava_region_mask`), so one region gives one token set.
+
+    * exact (``budget=None``): the cells the mapped box overlaps with positive area. Padding is
+      dropped: a box inside the image never overlaps a pure-padding cell, also when it touches
+      the image border. The whole-image box keeps every cell, padding included, so the
+      whole-image region is the identity (no pruning) for every geometry.
+    * ``budget`` cells: :func:`budget_rect` limited to the cells that show the image.
+    """
+    if budget is None and is_whole_image(box):
+        return np.ones(view.grid_hw, dtype=bool)
+    mapped = map_box_to_view(box, view, image_wh, llava_geometry)
     if budget is None:
-        rows, cols = view.grid_hw
-        x1, y1, x2, y2 = box_v
-        snapped = (_snap(x1, cols), _snap(y1, rows), _snap(x2, cols), _snap(y2, rows))
-        return box_norm_token_mask(snapped, view.grid_hw)
-    return budget_rect(box_v, view.grid_hw, budget)
+        return view_box_mask(mapped, view.grid_hw)
+    return budget_rect(mapped, view.grid_hw, budget, _bounds(content_mask(view, image_wh, llava_geometry)))
+
+
+def llava_region_mask(region: RegionLike, image_wh: tuple[int, int], llava_geometry: str,
+                      grid_hw: tuple[int, int], tile_px: int | None = None, grid: int = 8) -> np.ndarray:
+    """Exact keep mask ``(rows, cols)`` of a region on one LLaVA-1.5 view, without a layout.
+
+    The same rule as :func:`region_keep_plan` (a one-view layout is built here), for PLC, which
+    knows its grid but has no processor outputs. ``tile_px`` (``vision_config.image_size``)
+    selects the processors' integer centre-crop arithmetic; without it ``center_crop`` uses the
+    continuous formula (pad and resize need no pixel size).
+    """
+    rows, cols = grid_hw
+    if rows != cols:
+        raise ValueError(f"a LLaVA-1.5 grid is square, got {rows}x{cols}")
+    geometry = {"side": rows} if tile_px is None else {"side": rows, "image_size": int(tile_px)}
+    view = ViewGrid("llava", 0, np.arange(rows * cols, dtype=np.int64).reshape(rows, cols), None, geometry)
+    return view_keep_mask(to_box_norm(region, grid), view, image_wh, llava_geometry)
 
 
 def _split_budget(budget: int, views: Sequence[ViewGrid]) -> list[int]:
@@ -288,17 +361,19 @@ def region_keep_plan(
     """Keep plan from one region per image (images in batch order, one per row in the usual case).
 
     ``image_sizes_wh`` (original width, height per image) is needed for LLaVA-1.5 with
-    ``center_crop`` / ``pad_square``; LLaVA-NeXT reads the size from the layout.
+    ``center_crop`` / ``pad_square``; LLaVA-NeXT reads the size from the layout. The plan records
+    how many kept tokens are pure padding (``padding_kept``; see :func:`view_keep_mask`).
     """
     n_images = sum(len(lay.image_indices) for lay in layouts)
     if len(regions) != n_images:
         raise ValueError(f"got {len(regions)} regions for {n_images} images (one region per image)")
     if budget is not None and budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    keep_visual = []
+    keep_visual, pad_visual = [], []
     for lay in layouts:
         pos_to_idx = {int(p): i for i, p in enumerate(lay.visual_positions)}
         keep = np.zeros(lay.num_visual, dtype=bool)
+        pad = np.zeros(lay.num_visual, dtype=bool)
         for p in lay.always_kept:
             keep[pos_to_idx[int(p)]] = True
         for img in lay.image_indices:
@@ -307,17 +382,18 @@ def region_keep_plan(
             wh = image_sizes_wh[img] if image_sizes_wh is not None else None
             budgets = _split_budget(budget, views) if budget is not None else [None] * len(views)
             for view, bud in zip(views, budgets):
-                mapped = map_box_to_view(box, view, wh, llava_geometry)
-                if bud is None:  # exact region: a box on the image border keeps the padding beyond
-                    mapped = extend_through_padding(box, mapped)
-                m = _view_mask(mapped, view, bud)  # (rows, cols)
+                m = view_keep_mask(box, view, wh, llava_geometry, bud)  # (rows, cols)
+                padding = ~content_mask(view, wh, llava_geometry)  # (rows, cols)
                 for p in view.positions[m]:
                     keep[pos_to_idx[int(p)]] = True
+                for p in view.positions[padding]:
+                    pad[pos_to_idx[int(p)]] = True
                 if view.newline_positions is not None:
                     for p in view.newline_positions[m.any(axis=1)]:
                         keep[pos_to_idx[int(p)]] = True
         keep_visual.append(keep)
-    return KeepPlan.from_keep_masks(layouts, keep_visual)
+        pad_visual.append(pad)
+    return KeepPlan.from_keep_masks(layouts, keep_visual, pad_visual)
 
 
 def keep_all_plan(layouts: Sequence[SampleLayout]) -> KeepPlan:

@@ -31,6 +31,8 @@ def test_pruning_methods_run_and_report_kept_tokens(tiny_llava_dir, tiny_benchma
     assert len(eff) == 2
     for row in eff:
         assert row["visual_tokens_in"] == 16
+        if method != "fastv":  # region methods split the kept tokens into image and padding
+            assert row["visual_tokens_kept_image"] + row["visual_tokens_kept_padding"] == row["visual_tokens_kept"]
         if method == "prune":
             # padded square image, 4x4 token grid: the left half of the grid is 2 columns x 4 rows
             assert row["visual_tokens_kept"] == 8
