@@ -144,17 +144,23 @@ class Example:
 
 
 def conversation_turns(record: dict, has_image: bool, cfg: DataSection) -> list[tuple[str, str]] | str:
-    """Record -> ``[(human, gpt), ...]`` or a rejection reason."""
+    """Record -> ``[(human, gpt), ...]`` or a rejection reason (total: never raises)."""
+    if not isinstance(record, dict):
+        return "bad_record"
     kind = record.get("kind")
     if kind == "region":
         if not has_image:
             return "region_without_image"
-        return [(f"<image>\n{record['question'].strip()}{cfg.region_answer_suffix}", record["answer"])]
+        question, answer = record.get("question"), record.get("answer")
+        if not isinstance(question, str) or not isinstance(answer, str):
+            return "bad_question_or_answer"
+        return [(f"<image>\n{question.strip()}{cfg.region_answer_suffix}", answer)]
     if kind != "instruction":
-        return f"unknown_kind_{kind}"
+        return "unknown_kind" if not isinstance(kind, str) else f"unknown_kind_{kind}"
     conv = record.get("conversations") or []
-    if len(conv) < 2 or len(conv) % 2 or any(
-            c["from"] != ("human" if i % 2 == 0 else "gpt") for i, c in enumerate(conv)):
+    if not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2 or any(
+            not isinstance(c, dict) or c.get("from") != ("human" if i % 2 == 0 else "gpt")
+            or not isinstance(c.get("value"), str) for i, c in enumerate(conv)):
         return "bad_conversation"
     turns = [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
     n_tags = sum(h.count("<image>") for h, _ in turns)
@@ -184,25 +190,42 @@ def tokenize_turns(turns: Sequence[tuple[str, str]], tokenizer, image_token_id: 
     return out_ids, out_labels
 
 
+def sample_region(record: dict) -> tuple[int, int, int, int] | str:
+    """The context region of an image sample (8x8 blocks), or a rejection reason."""
+    from crop.geometry.regions import Region
+
+    if record["kind"] != "region":
+        return FULL_REGION
+    if record.get("grid_size", 8) != 8:
+        return "grid_size_not_8"
+    blocks = record.get("region_blocks")
+    if not isinstance(blocks, (list, tuple)) or len(blocks) != 4:
+        return "bad_region_blocks"
+    try:
+        return tuple(Region(*blocks).check(8))
+    except ValueError:
+        return "bad_region_blocks"
+
+
 def prepare_sample(sample: dict, cfg: DataSection, tokenizer, image_token_id: int,
                    num_image_tokens: int) -> Example | str:
-    """One stream sample -> :class:`Example`, or the reason it is skipped."""
-    record, image = sample["json"], sample.get("image")
+    """One stream sample -> :class:`Example`, or the reason it is skipped (total: never raises
+    on a record; the counters reconcile: samples read = examples + skipped by reason)."""
+    record, image = sample.get("json"), sample.get("image")
     if image is None and cfg.text_only == "skip":
         return "text_only"
     turns = conversation_turns(record, image is not None, cfg)
     if isinstance(turns, str):
         return turns
+    region = None
+    if image is not None:
+        region = sample_region(record)
+        if isinstance(region, str):
+            return region
     ids, labels = tokenize_turns(turns, tokenizer, image_token_id, num_image_tokens)
     if len(ids) > cfg.max_length:
         return "too_long"
-    region = None
-    if image is not None:
-        region = tuple(record["region_blocks"]) if record["kind"] == "region" else FULL_REGION
-        if record["kind"] == "region" and record.get("grid_size", 8) != 8:
-            return "grid_size_not_8"
-        image = image.convert("RGB")
-    return Example(ids, labels, image, region)
+    return Example(ids, labels, image.convert("RGB") if image is not None else None, region)
 
 
 def plc_view(image_processor, padded: bool) -> str:
