@@ -237,23 +237,25 @@ def plc_view(image_processor, padded: bool) -> str:
 
 
 def image_inputs(images: Sequence[Any], regions: Sequence[Sequence[int]], image_processor, padded: bool,
-                 grid_hw: tuple[int, int]) -> tuple[Any, Any]:
+                 grid_hw: tuple[int, int], tile_px: int | None = None) -> tuple[Any, Any]:
     """Original images + their block regions -> ``(pixel_values (B, 3, S, S), context_mask (B, R*C))``.
 
     The pixels are :func:`crop.models.llava_view.view_image` of each image through the processor,
-    the masks the regions mapped into that same view (computed on the original sizes).
+    the masks the regions mapped into that same view (computed on the original sizes, with the
+    vision tower's side ``tile_px`` as ``crop eval`` passes it).
     """
     from crop.models.llava_plc import context_masks
     from crop.models.llava_view import view_image
 
     pixels = image_processor(images=[view_image(im, image_processor, padded) for im in images],
                              return_tensors="pt")["pixel_values"]  # (B, 3, S, S)
-    masks = context_masks(list(regions), [im.size for im in images], plc_view(image_processor, padded), grid_hw)
+    masks = context_masks(list(regions), [im.size for im in images], plc_view(image_processor, padded), grid_hw,
+                          tile_px=tile_px)
     return pixels, masks
 
 
 def collate(examples: Sequence[Example], image_processor, padded: bool, grid_hw: tuple[int, int],
-            pad_id: int) -> dict:
+            pad_id: int, tile_px: int | None = None) -> dict:
     """Right-padded batch; images (and their context masks) only for the rows that have one."""
     import torch
 
@@ -268,7 +270,7 @@ def collate(examples: Sequence[Example], image_processor, padded: bool, grid_hw:
     with_image = [e for e in examples if e.image is not None]
     if with_image:
         batch["pixel_values"], batch["context_mask"] = image_inputs(
-            [e.image for e in with_image], [e.region for e in with_image], image_processor, padded, grid_hw)
+            [e.image for e in with_image], [e.region for e in with_image], image_processor, padded, grid_hw, tile_px)
     return batch
 
 
@@ -369,7 +371,7 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
             if not examples:
                 break
             batch = {k: v.to(device) for k, v in
-                     collate(examples, image_processor, padded, grid_hw, pad_id).items()}
+                     collate(examples, image_processor, padded, grid_hw, pad_id, model.tile_px).items()}
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(next(model.llava.parameters()).dtype)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_autocast):

@@ -70,13 +70,17 @@ def test_plc_config_errors():
         EvalConfig.from_dict({**base, "method": {"name": "plc", "regions": "r", "budget": 64}})
 
 
-def test_a_training_batch_is_what_eval_feeds_plc(tiny_llava_dir, plc_weights, tmp_path, monkeypatch):
-    """PLC trained as evaluated: for a region at the left edge of a 1000x400 image, ``crop
-    train-plc``'s batch (tokenizer and image processor loaded as the trainer loads them) holds the
-    prompt ids, pixels and context mask that ``crop eval --method plc`` hands to ``LlavaPLC.generate``.
+@pytest.mark.parametrize("aspect, region", [("pad", [0, 2, 1, 5]), ("processor", [0, 2, 1, 5]),
+                                            ("processor", [3, 1, 4, 6])])
+def test_a_training_batch_is_what_eval_feeds_plc(tiny_llava_dir, plc_weights, tmp_path, monkeypatch, aspect,
+                                                 region):
+    """PLC trained as evaluated: for a region on a 1000x400 image, ``crop train-plc``'s batch
+    (tokenizer and image processor loaded as the trainer loads them, same ``image_aspect``) holds
+    the prompt ids, pixels and context mask that ``crop eval --method plc`` hands to
+    ``LlavaPLC.generate``.
 
     The region (0, 2, 1, 5) lies in the strip a centre crop cuts off: the processor's own view
-    would give it no context token at all, the padded view (LLaVA-1.5's) keeps it.
+    gives it no context token at all, the padded view (LLaVA-1.5's, the default) keeps it.
     """
     import numpy as np
     from PIL import Image
@@ -84,11 +88,11 @@ def test_a_training_batch_is_what_eval_feeds_plc(tiny_llava_dir, plc_weights, tm
 
     from crop.eval.engine import Engine
     from crop.eval.prompts import load_questions
-    from crop.models.llava_plc import context_masks, view_of
+    from crop.models.llava_plc import view_of
     from crop.train.plc import DataSection, collate, prepare_sample
 
     torch.set_num_threads(1)
-    region, question = [0, 2, 1, 5], "What is on the left?"
+    question = "What is on the left?"
     pixels = np.random.default_rng(0).integers(0, 256, (400, 1000, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)  # noise: every pixel of the view is compared
     (tmp_path / "img").mkdir()
@@ -99,7 +103,8 @@ def test_a_training_batch_is_what_eval_feeds_plc(tiny_llava_dir, plc_weights, tm
     regions = tmp_path / "regions.jsonl"
     regions.write_text(json.dumps({"key": "7", "region_blocks": region}) + "\n")
     cfg = EvalConfig.from_dict({
-        "model": {"path": str(tiny_llava_dir), "dtype": "float32", "device": "cpu", "plc_weights": plc_weights},
+        "model": {"path": str(tiny_llava_dir), "dtype": "float32", "device": "cpu", "plc_weights": plc_weights,
+                  "image_aspect": aspect},
         "method": {"name": "plc", "regions": str(regions)}, "output_dir": str(tmp_path / "run"),
         "benchmarks": [{"name": "gqa", "question_file": str(qfile), "image_folder": str(tmp_path / "img"),
                         "max_new_tokens": 1}]})
@@ -112,15 +117,18 @@ def test_a_training_batch_is_what_eval_feeds_plc(tiny_llava_dir, plc_weights, tm
     tok = AutoTokenizer.from_pretrained(str(tiny_llava_dir))  # as crop.train.plc.build_model loads them
     proc = AutoImageProcessor.from_pretrained(str(tiny_llava_dir))
     record = {"kind": "region", "question": question, "answer": "noise", "region_blocks": region, "grid_size": 8}
-    data = DataSection()  # defaults: LLaVA's short-answer suffix, image_aspect pad
+    data = DataSection(image_aspect=aspect)  # default suffix: LLaVA's short-answer one
     ex = prepare_sample({"json": record, "image": image}, data, tok, engine.model.image_token_id,
                         engine.model.num_image_tokens)
-    batch = collate([ex], proc, data.image_aspect == "pad", engine.model.grid_hw, tok.pad_token_id)
+    batch = collate([ex], proc, data.image_aspect == "pad", engine.model.grid_hw, tok.pad_token_id,
+                    engine.model.tile_px)
 
     first_label = int((batch["labels"][0] != -100).nonzero()[0])
     assert torch.equal(batch["input_ids"][:, :first_label], fed["input_ids"].cpu())
     assert torch.equal(batch["pixel_values"], fed["pixel_values"].cpu())
     assert torch.equal(batch["context_mask"], fed["context_mask"].cpu())
-    assert batch["context_mask"].sum() > 0
-    cropped = context_masks([region], [image.size], view_of(proc), engine.model.grid_hw)
-    assert view_of(proc) == "center_crop" and cropped.sum() == 0  # what the processor's own view gives
+    if region == [0, 2, 1, 5]:
+        assert view_of(proc) == "center_crop"
+        assert (batch["context_mask"].sum() > 0) == (aspect == "pad")  # cropped away by the processor
+    else:
+        assert batch["context_mask"].sum() > 0
