@@ -65,8 +65,11 @@ def check_supported(model: torch.nn.Module, layer: int, *, min_layer: int = 1) -
             f"layer K={layer} is not supported: K must be >= {min_layer} (K=0 would prune before the LLM; "
             "use prune_inputs for that baseline)"
         )
-    if layer >= n:
-        raise ValueError(f"layer K={layer} must be < the number of decoder layers ({n})")
+    if layer > n:
+        raise ValueError(
+            f"layer K={layer} must be <= the number of decoder layers ({n}); K = {n} means no pruning in the "
+            "LLM (the paper's Table 8 row K = 32 on 32-layer LLaVA-1.5-7B)"
+        )
     _check_attn(model)
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(gen, "cache_implementation", None) not in (None, "dynamic"):
@@ -172,7 +175,8 @@ class PruneHandle:
         guards.claim(self._stack, self, type(model).__name__)  # raises if another handle is attached
         try:
             self._hooks.append(model.register_forward_pre_hook(self._pre_model, with_kwargs=True))
-            self._hooks.append(self._layers[layer].register_forward_pre_hook(self._pre_first, with_kwargs=True))
+            if layer < len(self._layers):  # K = number of layers: every layer runs unpruned
+                self._hooks.append(self._layers[layer].register_forward_pre_hook(self._pre_first, with_kwargs=True))
             for lyr in self._layers[layer + 1 :]:
                 self._hooks.append(lyr.register_forward_pre_hook(self._pre_rest, with_kwargs=True))
         except Exception:
@@ -261,5 +265,10 @@ class PruneHandle:
 
 
 def attach_ilp(model: torch.nn.Module, plan: KeepPlan, layer: int = 2) -> PruneHandle:
-    """Prune the positions ``plan`` drops from decoder layer ``layer`` (K, paper default 2) on."""
+    """Prune the positions ``plan`` drops from decoder layer ``layer`` (K, paper default 2) on.
+
+    K counts the decoder layers that run on the full sequence (0-based index of the first pruned
+    layer), as the paper's K: K = 1 prunes after the first layer, K = number of layers prunes
+    nothing in the LLM (outputs equal the unpruned model's; the prompt guard still applies).
+    """
     return PruneHandle(model, plan, layer)

@@ -216,7 +216,7 @@ def test_unequal_keep_counts_match_single_rows(family, attn):
 
 
 @pytest.mark.parametrize(
-    "layer,msg", [(0, "K must be >= 1"), (4, "must be < the number of decoder layers"), (-1, "K must be >= 1")]
+    "layer,msg", [(0, "K must be >= 1"), (5, "must be <= the number of decoder layers"), (-1, "K must be >= 1")]
 )
 def test_bad_layer_raises(layer, msg):
     model = build_model("llava", "sdpa")
