@@ -49,16 +49,20 @@ def row_keys(rows: Sequence[Mapping[str, Any]], where: str) -> list[str]:
 
     A row's explicit ``key`` is taken as is (it was written by this rule); the other rows get
     :func:`question_keys` over their ``question_id`` (or, lacking one, their 0-based row index)
-    in file order. A key given twice is an error naming both rows: one region per question.
+    in file order. Rows may name their ``benchmark``: keys are then per benchmark (one file can
+    hold the regions of all six, whose ids overlap: POPE's 1, 2, ... and ScienceQA's "1", "2",
+    ...). A (benchmark, key) given twice is an error naming both rows: one region per question.
     """
     keys: list[str | None] = [None if row.get("key") is None else str(row["key"]) for row in rows]
-    implicit = [i for i, k in enumerate(keys) if k is None]
-    derived = question_keys(rows[i].get("question_id", i) for i in implicit)
-    for i, key in zip(implicit, derived):
-        keys[i] = key
-    first: dict[str, int] = {}
+    for bench in dict.fromkeys(row.get("benchmark") for row in rows):
+        implicit = [i for i, k in enumerate(keys) if k is None and rows[i].get("benchmark") == bench]
+        for i, key in zip(implicit, question_keys(rows[i].get("question_id", i) for i in implicit)):
+            keys[i] = key
+    first: dict[tuple[Any, str], int] = {}
     for i, key in enumerate(keys):
-        if key in first:
-            raise ValueError(f"{where}: rows {first[key] + 1} and {i + 1} have the same question key {key!r}")
-        first[key] = i
+        scoped = (rows[i].get("benchmark"), str(key))
+        if scoped in first:
+            bench = f"benchmark {scoped[0]!r} " if scoped[0] is not None else ""
+            raise ValueError(f"{where}: rows {first[scoped] + 1} and {i + 1} have the same {bench}question key {key!r}")
+        first[scoped] = i
     return [str(k) for k in keys]

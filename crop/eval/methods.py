@@ -51,7 +51,7 @@ class RegionSource:
     """Regions per question: a JSONL file (key -> region) or a localizer run on the fly."""
 
     def __init__(self, method: MethodConfig):
-        self.table: dict[str, Any] = {}
+        self.table: dict[tuple[str | None, str], Any] = {}   # (row's benchmark or None, key) -> region
         self.localizer = None
         if method.regions:
             rows = read_jsonl(method.regions)
@@ -59,18 +59,19 @@ class RegionSource:
                 value = row.get("region_blocks", row.get("region"))
                 if value is None:
                     raise ValueError(f"{method.regions}:{i + 1}: row needs key and region_blocks (or region)")
-                self.table[str(key)] = parse_region_value(value, f"{method.regions}:{i + 1}")
+                self.table[(row.get("benchmark"), key)] = parse_region_value(value, f"{method.regions}:{i + 1}")
         elif method.localizer:
             from crop.models.localizer import Localizer
 
             self.localizer = Localizer.from_pretrained(method.localizer)
 
-    def region(self, item: Any, image: Any) -> Any:
+    def region(self, item: Any, image: Any, benchmark: str | None = None) -> Any:
         if self.localizer is not None:
             return self.localizer.predict([image], [item.question])[0]
-        if item.key not in self.table:
-            raise KeyError(f"regions file has no region for question key {item.key!r}")
-        return self.table[item.key]
+        for scoped in ((benchmark, item.key), (None, item.key)):  # rows naming the benchmark first
+            if scoped in self.table:
+                return self.table[scoped]
+        raise KeyError(f"regions file has no region for {benchmark or ''} question key {item.key!r}")
 
 
 def grid_cells(layout: Any) -> int:

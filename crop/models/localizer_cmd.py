@@ -4,7 +4,9 @@ Input: shard tars / dataset folders (samples with an image and a question), a JS
 ``{"image": path, "question": str, ...}`` rows, or one of LLaVA-1.5's question files as published
 (:func:`question_rows`). Output: JSONL, one row per input in order:
 ``{"key", "question", "region_blocks", "raw", "status"}`` (status = strict | lenient | fallback);
-``key`` follows :mod:`crop.eval.keys`, so the file is a ``method.regions`` file for ``crop eval``.
+``key`` follows :mod:`crop.eval.keys`, so the file is a ``method.regions`` file for ``crop eval``;
+rows also name their ``benchmark`` (``--benchmark``, or LLaVA's file name), so the outputs for
+several question files can be concatenated into one regions file without key collisions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shard tars, dataset folders, or one .jsonl file with image/question rows "
                              "(LLaVA-1.5 question files llava_*.jsonl / llava_test_CQM-A.json as they are)")
     parser.add_argument("--image-root", default="", help="prefix for relative image paths in a .jsonl input")
+    parser.add_argument("--benchmark", help="write this benchmark name into every row (default: from LLaVA-1.5's "
+                                            "question file name, e.g. llava_pope_test.jsonl -> pope), so the "
+                                            "regions of several benchmarks can share one file")
     parser.add_argument("--output", required=True, help="output JSONL path")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=12)
@@ -52,6 +57,16 @@ def question_rows(path: str) -> Iterator[dict]:
         if item.image:
             yield {"key": item.key, "question": item.question, "image": item.image,
                    "row": {"question_id": item.question_id, "image": item.image}}
+
+
+LLAVA_QUESTION_FILES = {"llava_gqa_": "gqa", "llava_textvqa_": "textvqa", "llava_pope_": "pope",
+                        "llava_test_CQM-A": "scienceqa", "llava_mme": "mme", "llava_vqav2_": "vqav2"}
+
+
+def benchmark_of(path: str) -> str | None:
+    """The benchmark of one of LLaVA-1.5's question files, from its name; None for other inputs."""
+    name = os.path.basename(path)
+    return next((bench for prefix, bench in LLAVA_QUESTION_FILES.items() if name.startswith(prefix)), None)
 
 
 def iter_jsonl_questions(path: str, image_root: str) -> Iterator[dict]:
@@ -98,12 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         samples = islice(samples, args.limit)
     n = 0
+    bench = getattr(args, "benchmark", None) or (benchmark_of(args.input[0]) if len(args.input) == 1 else None)
+    scope = {"benchmark": bench} if bench else {}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as out:
         for batch in tqdm(batched(samples, args.batch_size), desc="predict-regions", unit="batch"):
             preds = loc.predict_detailed([b["image"] for b in batch], [b["question"] for b in batch])
             for b, p in zip(batch, preds):
-                out.write(json.dumps({"key": b["key"], "question": b["question"],
+                out.write(json.dumps({**scope, "key": b["key"], "question": b["question"],
                                       "region_blocks": list(p.region), "raw": p.raw,
                                       "status": p.status}) + "\n")
                 n += 1

@@ -1,6 +1,7 @@
 """The one question-key rule (crop.eval.keys) and everything that must agree on it."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -96,8 +97,35 @@ def test_region_file_with_repeated_question_ids(tmp_path):
     regions.write_text("".join(json.dumps({"question_id": "img", "region_blocks": [0, 0, i + 1, i + 1]}) + "\n"
                                for i in range(2)))
     src = RegionSource(MethodConfig(name="ilp", regions=str(regions)))
-    assert sorted(src.table) == ["img", "img#1"]
-    assert src.table["img#1"] != src.table["img"]
+    first, second = (SimpleNamespace(key=k) for k in ("img", "img#1"))
+    assert src.region(first, None, "textvqa") != src.region(second, None, "textvqa")
     regions.write_text("".join(json.dumps({"key": "img", "region_blocks": [0, 0, 1, 1]}) + "\n" for _ in range(2)))
     with pytest.raises(ValueError, match="rows 1 and 2 have the same question key 'img'"):
+        RegionSource(MethodConfig(name="ilp", regions=str(regions)))
+
+
+def test_one_regions_file_for_several_benchmarks(tmp_path):
+    """POPE's question ids 1, 2, ... and ScienceQA's "1", "2", ... give the same keys; rows that
+    name their benchmark (predict-regions writes it) keep them apart."""
+    from crop.eval.config import MethodConfig
+    from crop.eval.methods import RegionSource
+    from crop.models.localizer_cmd import benchmark_of
+
+    assert [benchmark_of(f) for f in ("llava_gqa_testdev_balanced.jsonl", "x/llava_textvqa_val_v051_ocr.jsonl",
+                                      "llava_pope_test.jsonl", "llava_test_CQM-A.json", "llava_mme.jsonl",
+                                      "llava_vqav2_mscoco_test-dev2015.jsonl", "mine.jsonl")] == [
+        "gqa", "textvqa", "pope", "scienceqa", "mme", "vqav2", None]
+    rows = [{"benchmark": "pope", "key": "1", "region_blocks": [0, 0, 1, 1]},
+            {"benchmark": "scienceqa", "key": "1", "region_blocks": [2, 2, 3, 3]}]
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = RegionSource(MethodConfig(name="ilp", regions=str(regions)))
+    item = SimpleNamespace(key="1")
+    assert tuple(src.region(item, None, "pope")) == (0, 0, 1, 1)
+    assert tuple(src.region(item, None, "scienceqa")) == (2, 2, 3, 3)
+    with pytest.raises(KeyError, match="no region for gqa question key '1'"):
+        src.region(item, None, "gqa")
+    # without the benchmark the two rows are one key twice: refused, naming the rows
+    regions.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "benchmark"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="rows 1 and 2 have the same question key '1'"):
         RegionSource(MethodConfig(name="ilp", regions=str(regions)))
