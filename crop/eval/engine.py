@@ -62,7 +62,7 @@ class Engine:
             size_wh = original.size
             # The localizer sees the original image, as in training and `crop predict-regions`; its
             # region is a region of the original image, mapped once by crop.pruning.region_map.
-            region = self.regions.region(item, original) if self.regions else None
+            region = self.regions.region(item, original, bench.name) if self.regions else None
             image = self.frontend.prepare_image(original)  # what the VLM's processor sees
         prompt, enc = self.frontend.encode(item.message, image)
         inputs = self._to_device(enc)
