@@ -53,6 +53,9 @@ def row_keys(rows: Sequence[Mapping[str, Any]], where: str) -> list[str]:
     hold the regions of all six, whose ids overlap: POPE's 1, 2, ... and ScienceQA's "1", "2",
     ...). A (benchmark, key) given twice is an error naming both rows: one region per question.
     """
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{where}: row {i + 1} is not a JSON object")
     keys: list[str | None] = [None if row.get("key") is None else str(row["key"]) for row in rows]
     for bench in dict.fromkeys(row.get("benchmark") for row in rows):
         implicit = [i for i, k in enumerate(keys) if k is None and rows[i].get("benchmark") == bench]

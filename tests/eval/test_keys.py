@@ -50,6 +50,27 @@ def test_row_keys_of_region_files():
     assert row_keys(rows[1:], "r.jsonl") == ["img", "img#1", "2"]
 
 
+rows_strategy = st.lists(st.one_of(
+    st.fixed_dictionaries({}, optional={"key": ids, "question_id": ids, "benchmark": st.sampled_from(["pope", "sqa"])}),
+    st.integers(), st.lists(st.integers(), max_size=2)), max_size=8)
+
+
+@given(rows_strategy)
+def test_row_keys_is_total(rows):
+    """Any regions-file content gives one key per row, unique per benchmark, or a ValueError naming rows."""
+    try:
+        keys = row_keys(rows, "r.jsonl")
+    except ValueError as err:
+        assert str(err).startswith("r.jsonl: row")
+        return
+    scoped = [(r.get("benchmark"), k) for r, k in zip(rows, keys)]
+    assert len(keys) == len(rows) and len(set(scoped)) == len(scoped)
+    implicit = [r for r in rows if r.get("key") is None]
+    assert all(k == str(r["key"]) for r, k in zip(rows, keys) if r.get("key") is not None)
+    if all("question_id" in r and "benchmark" not in r for r in implicit) and len(implicit) == len(rows):
+        assert keys == question_keys(r["question_id"] for r in rows)
+
+
 def test_eval_items_and_predict_regions_share_keys(tmp_path):
     """crop eval's items and predict-regions' input rows get the same keys from a LLaVA question file."""
     from crop.models.localizer_cmd import question_rows
