@@ -42,8 +42,7 @@ _PER_FILE_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "permission 
 
 
 def _outside(rel: str, why: str) -> Rejected:
-    return Rejected(STAGE_IMAGE, "path_outside_root", f"image path {show(rel)} {why}; nothing outside "
-                    "the image root is read")
+    return Rejected(STAGE_IMAGE, "path_outside_root", f"image path {show(rel)} {why}")
 
 
 def _kind(mode: int) -> str | None:
@@ -64,26 +63,37 @@ class ImageRoot:
         if not isinstance(rel, str) or not rel or "\x00" in rel:
             raise Rejected(STAGE_IMAGE, "invalid_value", f"image path {show(rel)} is not a usable path")
         if rel.startswith(("/", "\\")) or (self.local and os.path.isabs(rel)):
-            raise _outside(rel, "is absolute")
+            raise _outside(rel, "is absolute; image paths are relative to the image root")
         if not self.local:
             if "://" in rel or rel.split("/", 1)[0].endswith(":"):
                 raise _outside(rel, "names another filesystem or bucket")
             if ".." in rel.replace("\\", "/").split("/"):
-                raise _outside(rel, "has a '..' segment")
+                raise _outside(rel, "leads outside the image root")  # same words as a local escape
             return io_.join(self.root, rel)
         target = os.path.realpath(os.path.join(self.real, rel))
         if os.path.commonpath([self.real, target]) != self.real:
-            raise _outside(rel, "resolves outside the image root")
+            raise _outside(rel, "leads outside the image root")
         return target
 
     # ----------------------------------------------------------------------- reading
     def read(self, rel: str) -> bytes:
         """The bytes of ``rel``; raises :class:`Rejected`, or ``FileNotFoundError`` when missing."""
         path = self.resolve(rel)
-        data = self._read_local(rel, path) if self.local else io_.read_bytes(path)
+        data = self._read_local(rel, path) if self.local else self._read_remote(rel, path)
         if not data:
             raise Rejected(STAGE_IMAGE, "empty_image", f"image file {show(rel)} is empty (0 bytes)")
         return data
+
+    @staticmethod
+    def _read_remote(rel: str, path: str) -> bytes:
+        try:
+            return io_.read_bytes(path)
+        except FileNotFoundError:
+            # An object store has no folders, only prefixes: "x.jpg/" holding objects is the
+            # remote form of a folder at the image path, rejected in the same words as locally.
+            if io_.list_files(path):
+                raise Rejected(STAGE_IMAGE, "not_a_regular_file", f"image path {show(rel)} is a folder, not a file") from None
+            raise
 
     @staticmethod
     def _read_local(rel: str, path: str) -> bytes:

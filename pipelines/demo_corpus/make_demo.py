@@ -6,8 +6,10 @@ Writes, next to this file, a miniature of the real inputs (``shared/docs/formats
 ``viscot/<source>_cot_train.jsonl`` for ten Visual-CoT sources (Visual7W as ``visual7w_...``), ``llava/llava_v1_5_mix665k.json``,
 ``viscot_llava/viscot_363k.json`` (the alternative Visual-CoT input) and ``images/`` with JPEG and
 PNG images of varied sizes drawn for the purpose (a coloured object or a word at a known place).
-A few records are deliberately bad, one per rejects reason, so the demo build exercises them.
-Deterministic: the same script writes the same bytes.
+A few records are deliberately bad, one per rejects reason (``internal_error`` aside: it marks a
+builder bug), so the demo build exercises them: hostile ones too (a lone surrogate, a folder, an
+empty file and a decompression bomb at image paths, paths escaping the image root, LLaVA
+conversations breaking LLaVA-1.5's conventions). Deterministic: the same script writes the same bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
+import zlib
 
 from PIL import Image, ImageDraw
 
@@ -116,6 +120,20 @@ def main() -> None:
         {"id": 100001, "image": "gqa/images/000001.jpg",  # same id as an earlier record: duplicate key
          "conversations": [{"from": "human", "value": "<image>\nAgain?"}, {"from": "gpt", "value": "Yes"}]},
         {"image": "gqa/images/000001.jpg", "conversations": []},
+        # LLaVA-1.5 conventions, one reason each, and paths escaping the image root.
+        {"id": "gpt-first", "image": "coco/train2017/000003.jpg",
+         "conversations": [{"from": "gpt", "value": "<image>\nHello"}, {"from": "human", "value": "Hi"}]},
+        {"id": "two-image-tokens", "image": "coco/train2017/000003.jpg",
+         "conversations": [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "Yes"}]},
+        {"id": "token-in-second-turn", "image": "coco/train2017/000003.jpg",
+         "conversations": [{"from": "human", "value": "Ready?"}, {"from": "gpt", "value": "Yes"},
+                           {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red"}]},
+        {"id": "text-only-with-token",
+         "conversations": [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "What?"}]},
+        {"id": "escapes-root", "image": "../llava/llava_v1_5_mix665k.json",
+         "conversations": [{"from": "human", "value": "<image>\nRead?"}, {"from": "gpt", "value": "No"}]},
+        {"id": "absolute-path", "image": "/etc/hostname",
+         "conversations": [{"from": "human", "value": "<image>\nRead?"}, {"from": "gpt", "value": "No"}]},
     ]
     os.makedirs(os.path.join(HERE, "llava"), exist_ok=True)
     with open(os.path.join(HERE, "llava", "llava_v1_5_mix665k.json"), "w") as f:
@@ -145,6 +163,30 @@ def main() -> None:
     os.makedirs(os.path.join(HERE, "viscot_llava"), exist_ok=True)
     with open(os.path.join(HERE, "viscot_llava", "viscot_363k.json"), "w") as f:
         json.dump(vis, f, indent=1)
+    hostile_files()
+
+
+def _bomb_png(w: int, h: int) -> bytes:
+    """A 1-bit PNG of w x h zero pixels: a few KB on disk, ``w * h`` pixels once decoded."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    rows = zlib.compress(b"\0" * ((w + 7) // 8 + 1) * h, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def hostile_files() -> None:
+    """Image-path entries of the hostile records (no random draws: earlier images keep their bytes)."""
+    gqa = os.path.join(HERE, "images", "cot", "gqa")
+    os.makedirs(os.path.join(gqa, "folder.jpg"), exist_ok=True)  # a folder named like an image
+    open(os.path.join(gqa, "folder.jpg", "README"), "w").write("a folder where an image path points\n")
+    open(os.path.join(gqa, "empty.jpg"), "wb").close()
+    open(os.path.join(gqa, "bomb.png"), "wb").write(_bomb_png(12_000, 9_000))  # 108M pixels > Pillow's 89.5M
+    open(os.path.join(gqa, "not_an_image.jpg"), "wb").write(b"plain text named like a JPEG\n")
+    img = Image.new("RGB", (96, 64), (30, 60, 220))
+    path = os.path.join(gqa, "trailer.jpg")  # a valid JPEG followed by 6000 bytes after its end marker
+    img.save(path, quality=80)
+    open(path, "ab").write(b"TRAILER" * 860)
 
 
 def _bad(**kw) -> str:
@@ -167,9 +209,21 @@ BAD = {
     "gqa": [_bad(question="Missing image", image="no_such_file.jpg"),
             _bad(question="Truncated", image="truncated.jpg", width=300, height=200)],
     "vsr": [_bad(question="Wrong size", image="wrong_size.png", width=100, height=90)],
-    "cub": [],
-    "openimages": [],
+    "cub": [_bad(question="Three numbers", image="cub_000.jpg", bboxs=[[1, 2, 3]])],
+    "openimages": [_bad(question="Inverted box", image="openimages_000.jpg", bboxs=[[50, 10, 20, 40]])],
 }
+# Hostile records (issue 15), one per new reason, plus a valid JPEG with a long trailer.
+BAD["textvqa"].append(_bad(question="Lone surrogate \ud83d in the question"))  # json.dumps writes the \ud83d escape
+BAD["docvqa"].append(_bad(question="Zero width", image="docvqa_000.jpg", width=0))
+BAD["gqa"] += [
+    _bad(question="A folder", image="folder.jpg"),
+    _bad(question="An empty file", image="empty.jpg"),
+    _bad(question="Escapes the image root", image="../../../viscot/gqa_cot_train.jsonl"),
+    _bad(question="Decompression bomb", image="bomb.png", width=12000, height=9000),
+    _bad(question="Not an image", image="not_an_image.jpg"),
+    _bad(question="Long trailer after the end marker (valid)", answer="blue", image="trailer.jpg", width=96,
+         height=64, bboxs=[[0, 0, 48, 32]]),
+]
 
 if __name__ == "__main__":
     main()
