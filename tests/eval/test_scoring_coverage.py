@@ -4,6 +4,8 @@ scorer reports the same coverage fields, counted on distinct questions of the re
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crop.eval.scorers import BenchmarkFiles, score_answer_file
 from crop.eval.scorers import gqa, pope, scienceqa, textvqa, vqav2
@@ -150,3 +152,13 @@ def test_every_scorer_reports_the_same_coverage_fields(tmp_path):
     for r in results:
         assert set(COVERAGE_FIELDS) <= set(r), r["benchmark"]
         assert r["complete"] is False and r["n_answered"] == 0 and r["missing"] == r["n_questions"] > 0
+
+
+@given(st.dictionaries(st.sampled_from("abcdef"), st.integers(1, 3)), st.lists(st.sampled_from("abcdef"), max_size=12))
+def test_coverage_counts_reconcile(expected, answered):
+    answered = [a for a in answered if a in expected]   # callers reject or drop answers outside the reference
+    cov = coverage(expected, answered)
+    assert cov["n_answered"] + cov["missing"] == cov["n_questions"] == sum(expected.values())
+    assert cov["n_answered"] + cov["duplicates"] == len(answered)      # every answer row is used or a duplicate
+    assert cov["complete"] == (cov["n_questions"] > 0 and sorted(answered) == sorted(
+        k for k, n in expected.items() for _ in range(n)))
