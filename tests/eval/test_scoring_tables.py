@@ -105,3 +105,15 @@ def test_limited_mme_run_is_incomplete_end_to_end(tmp_path):
     base = _run(tmp_path, "base", [61.9, 1862, 58.2, 69.5, 78.5, 85.9])
     with pytest.raises(ValueError, match="run: mme is incomplete"):
         build_rows([str(d)], base, B6)
+
+
+def test_score_cli_reports_coverage_beside_the_score(tmp_path, capsys):
+    ann = {"annotations": [{"question_id": i, "answers": [{"answer": "yes"}] * 10} for i in (1, 2)]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    (tmp_path / "a.jsonl").write_text(json.dumps({"question_id": 1, "text": "yes"}) + "\n")
+    assert main(["score", "vqav2", str(tmp_path / "a.jsonl"), "--annotation-file", str(tmp_path / "ann.json")]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    # the unanswered question scores 0 (LLaVA's converter uploads "" for it)
+    assert result["score"] == 50.0 and (result["missing"], result["duplicates"], result["complete"]) == (1, 0, False)
+    assert "vqav2 result is incomplete (1 of 2 questions answered, 0 duplicate answers)" in out.err
