@@ -162,3 +162,9 @@ def test_coverage_counts_reconcile(expected, answered):
     assert cov["n_answered"] + cov["duplicates"] == len(answered)      # every answer row is used or a duplicate
     assert cov["complete"] == (cov["n_questions"] > 0 and sorted(answered) == sorted(
         k for k, n in expected.items() for _ in range(n)))
+
+
+@pytest.mark.parametrize("row", [{"question_id": 1}, {"question_id": 1, "text": None}, {"text": "yes"}, 7, ["yes"]])
+def test_malformed_answer_rows_are_one_line_errors(row):
+    with pytest.raises(ValueError, match="answer row 0 needs question_id and a text string"):
+        vqav2.score_records([row], ANNOTATIONS)

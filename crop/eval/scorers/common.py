@@ -64,8 +64,8 @@ def read_json(path: str | Path) -> Any:
 
 def iter_answers(answers: Iterable[dict[str, Any]], benchmark: str) -> Iterator[dict[str, Any]]:
     for i, row in enumerate(answers):
-        if "question_id" not in row or "text" not in row:
-            raise ValueError(f"{benchmark}: answer row {i} lacks question_id/text: {row!r:.200}")
+        if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("text"), str):
+            raise ValueError(f"{benchmark}: answer row {i} needs question_id and a text string: {row!r:.200}")
         yield row
 
 
