@@ -50,6 +50,14 @@ def view_geometry(image_processor: Any, padded: bool) -> str:
     return "center_crop" if getattr(image_processor, "do_center_crop", False) else "resize"
 
 
+def plc_view(image_processor: Any, padded: bool) -> str:
+    """The same view under the name :func:`crop.models.llava_plc.context_masks` takes (``pad``
+    for the padded square, else the processor's own)."""
+    from crop.models.llava_plc import view_of
+
+    return "pad" if padded else view_of(image_processor)
+
+
 def padded_for(aspect: str) -> bool:
     """``image_aspect`` setting -> whether images are padded (``pad`` or ``processor``)."""
     if aspect not in ASPECTS:

@@ -228,14 +228,6 @@ def prepare_sample(sample: dict, cfg: DataSection, tokenizer, image_token_id: in
     return Example(ids, labels, image.convert("RGB") if image is not None else None, region)
 
 
-def plc_view(image_processor, padded: bool) -> str:
-    """The view name :func:`crop.models.llava_plc.context_masks` maps regions into (``pad`` for
-    the padded square, else the processor's own), as ``crop eval``'s PLC method names it."""
-    from crop.models.llava_plc import view_of
-
-    return "pad" if padded else view_of(image_processor)
-
-
 def image_inputs(images: Sequence[Any], regions: Sequence[Sequence[int]], image_processor, padded: bool,
                  grid_hw: tuple[int, int], tile_px: int | None = None) -> tuple[Any, Any]:
     """Original images + their block regions -> ``(pixel_values (B, 3, S, S), context_mask (B, R*C))``.
@@ -245,7 +237,7 @@ def image_inputs(images: Sequence[Any], regions: Sequence[Sequence[int]], image_
     vision tower's side ``tile_px`` as ``crop eval`` passes it).
     """
     from crop.models.llava_plc import context_masks
-    from crop.models.llava_view import view_image
+    from crop.models.llava_view import plc_view, view_image
 
     pixels = image_processor(images=[view_image(im, image_processor, padded) for im in images],
                              return_tensors="pt")["pixel_values"]  # (B, 3, S, S)
