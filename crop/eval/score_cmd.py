@@ -28,13 +28,14 @@ from crop.eval.scorers import SCORERS, BenchmarkFiles, score_answer_file
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=sorted(SCORERS))
     parser.add_argument("answers", help="answer file (JSONL: question_id, prompt, text, ...)")
+    helps = {"question-file": "LLaVA question file: POPE's categories; VQAv2: the evaluated questions "
+                              "(default: every annotated one) and the --submission coverage"}
     for flag in ("question-file", "annotation-file", "annotation-dir", "base-dir", "mme-root"):
-        parser.add_argument(f"--{flag}")
+        parser.add_argument(f"--{flag}", help=helps.get(flag))
     parser.add_argument("--split", default="test", help="ScienceQA split of pid_splits.json")
     parser.add_argument("--strict", action="store_true", help="GQA: fail on missing predictions, as the original")
     parser.add_argument("--pope-metric", choices=("f1", "accuracy"), default="f1", help="POPE headline metric")
     parser.add_argument("--test-split-file", help="VQAv2: full test question file for --submission")
-    # --question-file: POPE's categories; VQAv2: the evaluated questions (default: all annotated)
     parser.add_argument("--submission", help="VQAv2: write the EvalAI upload JSON here")
     parser.add_argument("--out", help="write the result JSON here")
 
