@@ -168,8 +168,10 @@ def conversation_turns(record: dict, has_image: bool, cfg: DataSection) -> list[
         return "image_missing" if n_tags else turns
     if n_tags > 1:
         return "several_image_tags"
-    if n_tags == 0:
-        turns[0] = ("<image>\n" + turns[0][0], turns[0][1])
+    # LLaVA's preprocess_multimodal puts the tag at the start of its turn, on its own line (the
+    # layout crop eval's prompts use); a record without one gets it in the first turn.
+    i = next((k for k, (h, _) in enumerate(turns) if "<image>" in h), 0)
+    turns[i] = ("<image>\n" + turns[i][0].replace("<image>", "").strip(), turns[i][1])
     return turns
 
 

@@ -122,6 +122,9 @@ def test_labels_cover_only_answers_and_image_expands_to_68():
     ({"json": region_sample(0, "red")["json"], "image": None}, "feed", "region_without_image"),
     (instruction_sample(1, True), "feed", [("<image>\nDescribe.", "ok"), ("More?", "no")]),
     (instruction_sample(2, True, tag=False), "feed", [("<image>\nDescribe.", "ok"), ("More?", "no")]),
+    ({"json": {**instruction_sample(6, True)["json"], "conversations": [
+        {"from": "human", "value": "Describe.\n<image>"}, {"from": "gpt", "value": "ok"}]},
+      "image": Image.new("RGB", (4, 4))}, "feed", [("<image>\nDescribe.", "ok")]),   # LLaVA moves the tag first
     (instruction_sample(3, False), "feed", [("Say hi.", "ok"), ("More?", "no")]),
     (instruction_sample(3, False), "skip", "text_only"),
     ({"json": {**instruction_sample(4, True)["json"], "conversations": [{"from": "gpt", "value": "x"}]},
