@@ -10,6 +10,15 @@ Budgets (``method.budget``, the paper's R):
 * a fraction in (0, 1), or a percentage string such as ``"33.3%"``: that share of each image's
   visual tokens, resolved per image at run time (Qwen2-VL's dynamic token count, Table 7:
   50%, 40%, 33.3%, 22.2%). Stored as the float fraction.
+
+How R is met (``method.budget_mode``, region methods ilp / center / random / prune):
+
+* ``rect`` (default): every image keeps a rectangle of about R tokens centred on its region
+  (``crop.pruning.region_map.budget_rect``);
+* ``average``: the paper's "retain averaged R tokens": every region is kept as a region, all
+  scaled by one factor per benchmark chosen so the mean kept count (or share) over the
+  benchmark's images is R (``crop.pruning.average``); the run writes the achieved mean and
+  spread to ``<benchmark>/budget.json``. FastV keeps R per image in both modes.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from typing import Any
 FAMILIES = ("llava", "llava_next", "qwen2_vl")
 METHOD_NAMES = ("none", "ilp", "center", "random", "prune", "fastv", "plc")
 REGION_METHODS = ("ilp", "center", "random", "prune", "plc")
+BUDGET_MODES = ("rect", "average")
+AVERAGE_METHODS = ("ilp", "center", "random", "prune")  # methods whose kept count follows the region
 DEFAULT_MAX_NEW_TOKENS = {"scienceqa": 1024}  # LLaVA's model_vqa_science.py; 128 elsewhere
 
 
@@ -80,17 +91,18 @@ def parse_budget(value: Any, where: str = "method.budget") -> int | float | None
     raise ConfigError(f"{where} must be an integer, a fraction or a percentage, got {value!r}")
 
 
-def budget_label(budget: int | float | None) -> str:
-    """``-R64`` / ``-R33.3%`` / ``""``: the budget part of default labels and sections."""
+def budget_label(budget: int | float | None, mode: str = "rect") -> str:
+    """``-R64`` / ``-R33.3%`` / ``-R64avg`` / ``""``: the budget part of default labels and sections."""
     if budget is None:
         return ""
+    avg = "avg" if mode == "average" else ""
     if isinstance(budget, float):
-        return f"-R{100 * budget:.4g}%"
-    return f"-R{budget}"
+        return f"-R{100 * budget:.4g}%{avg}"
+    return f"-R{budget}{avg}"
 
 
 def default_label(model: "ModelConfig", method: "MethodConfig") -> str:
-    return f"{model.name}/{method.name}{budget_label(method.budget)}"
+    return f"{model.name}/{method.name}{budget_label(method.budget, method.budget_mode)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +142,7 @@ class MethodConfig:
     name: str = "none"
     layer: int = 2                   # K: ILP / FastV prune after this many decoder layers
     budget: int | float | None = None  # R: tokens kept per image, or a fraction of them (see module doc)
+    budget_mode: str = "rect"        # rect: ~R per image | average: regions scaled so the mean is R
     regions: str | None = None       # JSONL of {"key", "region_blocks"|"region"} (localizer output, GT)
     localizer: str | None = None     # localizer folder, used when no regions file is given
     seed: int = 0                    # method "random"
@@ -147,6 +160,12 @@ class MethodConfig:
             raise ConfigError(f"method plc exists for family llava (LLaVA-1.5) only, got model.family {family!r}")
         if self.name == "plc" and budget is not None:
             raise ConfigError("method.budget does not apply to plc (its token count is fixed by the PLC weights)")
+        if self.budget_mode not in BUDGET_MODES:
+            raise ConfigError(f"method.budget_mode must be one of {BUDGET_MODES}, got {self.budget_mode!r}")
+        if self.budget_mode == "average" and budget is None and self.name in AVERAGE_METHODS:
+            raise ConfigError(f"method.budget_mode average needs method.budget (the mean R to reach) for {self.name}")
+        if self.budget_mode == "average" and budget == 0:
+            raise ConfigError("method.budget_mode average needs method.budget > 0")
         return dataclasses.replace(self, budget=budget)
 
 
@@ -228,7 +247,7 @@ def load_config(path: str | Path) -> EvalConfig:
 def apply_overrides(cfg: EvalConfig, args: argparse.Namespace) -> EvalConfig:
     """Command-line flags (``--method``, ``--budget``, ``--layer``, ``--benchmarks``, ...) over a config."""
     method = cfg.method
-    for flag, field in (("method", "name"), ("budget", "budget"), ("layer", "layer")):
+    for flag, field in (("method", "name"), ("budget", "budget"), ("layer", "layer"), ("budget_mode", "budget_mode")):
         if getattr(args, flag, None) is not None:
             method = dataclasses.replace(method, **{field: getattr(args, flag)})
     benches = cfg.benchmarks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crop.eval.config import REGION_METHODS, BenchmarkConfig, EvalConfig
+from crop.eval.config import AVERAGE_METHODS, REGION_METHODS, BenchmarkConfig, EvalConfig
 from crop.eval.methods import METHODS, RegionSource
 from crop.eval.models import Frontend, image_token_id, load_frontend, load_model
 
@@ -23,6 +23,8 @@ class Engine:
         self.image_token_id = image_token_id(model)
         self.regions = RegionSource(cfg.method) if cfg.method.name in REGION_METHODS else None
         self.max_new_tokens = 128
+        self._region_cache: dict[tuple[str, str], Any] = {}  # (benchmark, key) -> region: a localizer runs once
+        self._scales: dict[str, float] = {}  # benchmark -> averaged-budget scale
 
     @classmethod
     def load(cls, cfg: EvalConfig) -> "Engine":
@@ -49,6 +51,60 @@ class Engine:
         return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                 for k, v in enc.items() if hasattr(v, "to")}
 
+    def region(self, item: Any, original: Any, benchmark: str) -> Any:
+        """The question's region on its original image (regions file or localizer; cached per key)."""
+        if self.regions is None:
+            return None
+        if (benchmark, item.key) not in self._region_cache:
+            self._region_cache[benchmark, item.key] = self.regions.region(item, original, benchmark)
+        return self._region_cache[benchmark, item.key]
+
+    def budget_scale(self, bench: BenchmarkConfig) -> float | None:
+        """The benchmark's one region scale under ``budget_mode: average`` (None otherwise)."""
+        m = self.cfg.method
+        if m.budget_mode != "average" or m.name not in AVERAGE_METHODS or m.budget is None:
+            return None
+        if bench.name not in self._scales:
+            self._scales[bench.name] = self._calibrate(bench)
+        return self._scales[bench.name]
+
+    def _calibrate(self, bench: BenchmarkConfig) -> float:
+        """Scale every image question's region by one factor so the mean kept count is R.
+
+        All of the benchmark's questions (``limit`` applied; answered ones too, so a resumed run
+        gets the same scale) are encoded once to read their token layouts; no model forward runs.
+        Writes ``<output_dir>/<benchmark>/budget.json`` (target, scale, achieved mean and spread).
+        """
+        import json
+
+        from PIL import Image
+
+        from crop.eval.methods import region_for_method
+        from crop.eval.prompts import load_questions
+        from crop.pruning import token_layout
+        from crop.pruning.average import AverageSample, calibrate_scale
+        from crop.pruning.region_map import to_box_norm
+
+        m = self.cfg.method
+        items = load_questions(bench.name, bench.question_file)
+        if bench.limit is not None:
+            items = items[: bench.limit]
+        samples = []
+        for item in items:
+            if not item.image:
+                continue
+            original = Image.open(Path(bench.image_folder) / item.image).convert("RGB")
+            region = region_for_method(m.name, self.region(item, original, bench.name), m.seed, item.key)
+            _, enc = self.frontend.encode(item.message, self.frontend.prepare_image(original))
+            layout = token_layout(self.model, enc)[0]
+            samples.append(AverageSample(layout, to_box_norm(region), original.size, self.frontend.llava_geometry))
+        choice = calibrate_scale(samples, m.budget)
+        out = Path(self.cfg.output_dir) / bench.name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "budget.json").write_text(json.dumps({"benchmark": bench.name, **choice.summary()}, indent=2),
+                                         encoding="utf-8")
+        return choice.scale
+
     def answer(self, item: Any, bench: BenchmarkConfig) -> tuple[str, dict[str, Any]]:
         """Greedy answer to one question and its efficiency row (latency, visual tokens, region)."""
         from PIL import Image
@@ -62,13 +118,13 @@ class Engine:
             size_wh = original.size
             # The localizer sees the original image, as in training and `crop predict-regions`; its
             # region is a region of the original image, mapped once by crop.pruning.region_map.
-            region = self.regions.region(item, original, bench.name) if self.regions else None
+            region = self.region(item, original, bench.name)
             image = self.frontend.prepare_image(original)  # what the VLM's processor sees
         prompt, enc = self.frontend.encode(item.message, image)
         inputs = self._to_device(enc)
         name = self.cfg.method.name if image is not None else "none"  # text-only: nothing to prune
         ctx = {"key": item.key, "size_wh": size_wh, "image": image, "prompt": prompt, "message": item.message,
-               "region": region}
+               "region": region, "budget_scale": self.budget_scale(bench) if region is not None else None}
         target = getattr(self.model, "llava", self.model)
         with LatencyProbe(target) as probe:
             probe.start()
@@ -80,4 +136,6 @@ class Engine:
         text = self.frontend.tokenizer.decode(new, skip_special_tokens=True).strip()
         if ctx["region"] is not None:
             info["region"] = list(ctx["region"])
+        if ctx["budget_scale"] is not None:
+            info["budget_scale"] = ctx["budget_scale"]
         return text, {**info, **timing, "new_tokens": int(new.numel())}

@@ -101,13 +101,34 @@ def method_none(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
 
 
 def keep_plan(engine: "Engine", inputs: dict, ctx: dict) -> Any:
-    """The region's keep plan (``crop.pruning.region_keep_plan``) with the run's budget resolved."""
+    """The region's keep plan (``crop.pruning.region_keep_plan``) with the run's budget resolved.
+
+    ``budget_mode: average``: the region itself, scaled by the benchmark's one factor
+    (``ctx["budget_scale"]``, :mod:`crop.pruning.average`), kept exactly.
+    """
     from crop.pruning import region_keep_plan, token_layout
 
     layouts = token_layout(engine.model, inputs)
-    budget = resolve_budget(engine.cfg.method.budget, layouts[0])
-    return region_keep_plan(layouts, [ctx["region"]], image_sizes_wh=[ctx["size_wh"]],
+    region, budget = ctx["region"], resolve_budget(engine.cfg.method.budget, layouts[0])
+    if ctx.get("budget_scale") is not None:
+        from crop.pruning.average import scale_box
+        from crop.pruning.region_map import to_box_norm
+
+        region, budget = scale_box(to_box_norm(region), ctx["budget_scale"]), None
+    return region_keep_plan(layouts, [region], image_sizes_wh=[ctx["size_wh"]],
                             llava_geometry=engine.frontend.llava_geometry, budget=budget)
+
+
+def region_for_method(name: str, region: Any, seed: int, key: str) -> Any:
+    """The region a method prunes with: Table 10's centre / random region of the same size, else
+    the given one (the random placement is seeded by ``"<seed>:<key>"``)."""
+    from crop.pruning import center_region, random_region
+
+    if name == "center":
+        return center_region(region)
+    if name == "random":
+        return random_region(region, f"{seed}:{key}")
+    return region
 
 
 def method_ilp(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
@@ -173,18 +194,13 @@ def method_plc(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
 
 
 def method_center(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
-    from crop.pruning import center_region
-
-    region = center_region(ctx["region"])
+    region = region_for_method("center", ctx["region"], engine.cfg.method.seed, ctx["key"])
     out, info = method_ilp(engine, inputs, {**ctx, "region": region})
     return out, {**info, "region_used": list(region)}
 
 
 def method_random(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
-    from crop.pruning import random_region
-
-    seed = f"{engine.cfg.method.seed}:{ctx['key']}"
-    region = random_region(ctx["region"], seed)
+    region = region_for_method("random", ctx["region"], engine.cfg.method.seed, ctx["key"])
     out, info = method_ilp(engine, inputs, {**ctx, "region": region})
     return out, {**info, "region_used": list(region)}
 

@@ -349,6 +349,31 @@ def _split_budget(budget: int, views: Sequence[ViewGrid]) -> list[int]:
     return out
 
 
+def image_keep_masks(lay: SampleLayout, image_index: int, box: BoxNorm, image_wh: tuple[int, int] | None,
+                     llava_geometry: str = "center_crop", budget: int | None = None) -> list[tuple[ViewGrid, np.ndarray]]:
+    """``(view, keep mask (rows, cols))`` for every view of one image of ``lay`` (budget split over views)."""
+    views = [v for v in lay.views if v.image_index == image_index]
+    budgets = _split_budget(budget, views) if budget is not None else [None] * len(views)
+    return [(v, view_keep_mask(box, v, image_wh, llava_geometry, b)) for v, b in zip(views, budgets)]
+
+
+def kept_count(lay: SampleLayout, box: BoxNorm, image_wh: tuple[int, int] | None,
+               llava_geometry: str = "center_crop") -> int:
+    """Visual tokens :func:`region_keep_plan` keeps (exact mode) for a one-image row, without the plan.
+
+    Grid cells kept + LLaVA-NeXT newlines of kept rows + tokens on no grid (a CLS); used where
+    many candidate boxes are counted (:mod:`crop.pruning.average`).
+    """
+    if len(lay.image_indices) != 1:
+        raise ValueError(f"kept_count takes a one-image row, got {len(lay.image_indices)} images")
+    n = int(lay.always_kept.size)
+    for view, m in image_keep_masks(lay, lay.image_indices[0], box, image_wh, llava_geometry):
+        n += int(m.sum())
+        if view.newline_positions is not None:
+            n += int(m.any(axis=1).sum())
+    return n
+
+
 def region_keep_plan(
     layouts: Sequence[SampleLayout],
     regions: Sequence[RegionLike],
@@ -377,12 +402,8 @@ def region_keep_plan(
         for p in lay.always_kept:
             keep[pos_to_idx[int(p)]] = True
         for img in lay.image_indices:
-            box = to_box_norm(regions[img], grid)
-            views = [v for v in lay.views if v.image_index == img]
             wh = image_sizes_wh[img] if image_sizes_wh is not None else None
-            budgets = _split_budget(budget, views) if budget is not None else [None] * len(views)
-            for view, bud in zip(views, budgets):
-                m = view_keep_mask(box, view, wh, llava_geometry, bud)  # (rows, cols)
+            for view, m in image_keep_masks(lay, img, to_box_norm(regions[img], grid), wh, llava_geometry, budget):
                 padding = ~content_mask(view, wh, llava_geometry)  # (rows, cols)
                 for p in view.positions[m]:
                     keep[pos_to_idx[int(p)]] = True
