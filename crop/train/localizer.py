@@ -20,13 +20,18 @@ A resumed run reproduces the uninterrupted one (weights, optimizer, scheduler, R
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+from crop.train import run_folder
 
 from crop.train.localizer_ckpt import latest_checkpoint, load_checkpoint, save_checkpoint
 from crop.train.localizer_config import (  # noqa: F401 - re-exported for callers and tests
@@ -108,10 +113,49 @@ def _check_deepspeed(acc, cfg: LocalizerTrainConfig) -> None:
             raise ValueError(f"DeepSpeed config {key}={ds[key]} but trainer config says {want}; make them equal")
 
 
+def _run_folder_mode(cfg: LocalizerTrainConfig, acc, overwrite: bool) -> str:
+    """``crop.train.run_folder``'s rule, decided by the main process and shared with every rank."""
+    from dataclasses import asdict
+
+    decision = [None]
+    if acc.is_main_process:
+        try:
+            decision = [run_folder.prepare(cfg.output_dir, asdict(cfg), overwrite=overwrite,
+                                           has_checkpoint=_has_checkpoint)]
+        except run_folder.RunFolderError as e:
+            decision = [f"error:{e}"]
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(decision)
+    if decision[0].startswith("error:"):
+        raise run_folder.RunFolderError(decision[0][len("error:"):])
+    return decision[0]
+
+
+def _newest_checkpoint(folder) -> str:
+    """The checkpoint of the highest step in a run folder: the newest ``checkpoint-*`` or ``final``."""
+    found = []
+    for path in filter(None, (latest_checkpoint(str(folder)), os.path.join(folder, "final"))):
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+                found.append((int(json.load(f)["step"]), path))
+        except (OSError, ValueError, KeyError):
+            continue
+    return max(found)[1] if found else ""
+
+
+def _has_checkpoint(folder) -> bool:
+    return bool(_newest_checkpoint(folder))
+
+
 def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
-          on_batch: Callable[[int, list[dict]], None] | None = None) -> dict:
+          on_batch: Callable[[int, list[dict]], None] | None = None, overwrite: bool = False) -> dict:
     """Train per ``cfg``; returns ``{"steps", "final_dir", "losses", "wall_s", "stream", "localizer",
-    "rank", "world"}``. ``on_batch(epoch, samples)`` sees every micro-batch this rank trains on."""
+    "rank", "world", "stopped"}``. ``on_batch(epoch, samples)`` sees every micro-batch this rank
+    trains on. The output folder follows :mod:`crop.train.run_folder` (a run of the same config
+    resumes; another config is refused unless ``overwrite``); a SIGINT/SIGTERM stops after the
+    current optimizer step with a checkpoint, and ``stopped`` holds the signal number."""
     import torch
     from tqdm import tqdm
 
@@ -120,6 +164,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
 
     acc = make_accelerator(cfg)
     rank, world = acc.process_index, acc.num_processes
+    mode = _run_folder_mode(cfg, acc, overwrite)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
@@ -148,11 +193,15 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
         raise ValueError(f"accelerate uses gradient_accumulation_steps={acc.gradient_accumulation_steps} "
                          f"(launch config / environment) but config field 'grad_accum' is {cfg.grad_accum}")
     step, epoch, pos = 0, 0, 0
-    resume = latest_checkpoint(cfg.output_dir) if cfg.resume == "auto" else cfg.resume
+    resume = cfg.resume if cfg.resume not in ("", "auto") else ""
+    if not resume and mode == "resume":
+        resume = _newest_checkpoint(cfg.output_dir)
     if resume:
         state = load_checkpoint(resume, model, opt, sched, acc, prepared)
         step, epoch, pos = state["step"], state["epoch"], state["position"]
         log(f"resumed from {resume} at step {step} (epoch {epoch}, sample {pos})")
+        if acc.is_main_process:
+            run_folder.trim_log(os.path.join(cfg.output_dir, "log.jsonl"), step)
     if acc.is_main_process:
         os.makedirs(cfg.output_dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.output_dir, "train_config.yaml"))
@@ -169,51 +218,80 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
     def checkpoint(path: str) -> None:
         save_checkpoint(path, loc, opt, sched, {"step": step, "epoch": epoch, "position": pos}, cfg, acc, prepared)
         acc.wait_for_everyone()
+        if acc.is_main_process and os.path.basename(path).startswith("checkpoint-"):
+            kept = sorted(Path(p) for p in glob.glob(os.path.join(cfg.output_dir, "checkpoint-*[0-9]")))
+            run_folder.prune_checkpoints(kept, cfg.keep_checkpoints)
 
-    while step < total:
-        for _ in range(cfg.grad_accum):  # accumulate() skips the DDP all-reduce until the last one
-            group = [next(stream) for _ in range(cfg.batch_size)]  # this rank's micro-batch
-            epoch, pos = group[-1][0], group[-1][1]  # equal on every rank (equal epoch lengths)
-            mine = [s for _, _, s in group]
-            if on_batch is not None:
-                on_batch(epoch, mine)
-            batch = {k: v.to(acc.device) for k, v in collate(mine).items()}
-            with acc.accumulate(prepared):  # prepare() already wrapped forward in autocast
-                loss = prepared(**batch).loss
-                acc.backward(loss)  # divides by grad_accum
-                if acc.sync_gradients and cfg.max_grad_norm:  # FSDP/DeepSpeed: their own clipping
-                    acc.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
-                opt.step()  # a no-op until the accumulation window is full
-                opt.zero_grad(set_to_none=True)
-            window.append(loss.item())
-        sched.step()
-        step += 1
-        seen_log += global_batch
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == total:
-            now = time.time()
-            mean = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean").item()
-            losses.append(mean)
-            rate = seen_log / max(1e-9, now - t_log)
-            eta = (total - step) * global_batch / max(1e-9, rate)
-            rec = {"step": step, "epoch": epoch, "loss": round(mean, 5), "lr": sched.get_last_lr()[0],
-                   "samples_per_s": round(rate, 2), "eta_s": round(eta, 1)}
-            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{rec['lr']:.2e}")
-            if acc.is_main_process:
-                with open(os.path.join(cfg.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if not cfg.progress:
-                    log(json.dumps(rec))
-            window, t_log, seen_log = [], now, 0
-        if cfg.save_every and step % cfg.save_every == 0 and step < total:
-            checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step:07d}"))
+    signals = run_folder.StopSignals().__enter__()
+    stopped = None
+    try:
+        while step < total:
+            for _ in range(cfg.grad_accum):  # accumulate() skips the DDP all-reduce until the last one
+                group = [next(stream) for _ in range(cfg.batch_size)]  # this rank's micro-batch
+                epoch, pos = group[-1][0], group[-1][1]  # equal on every rank (equal epoch lengths)
+                mine = [s for _, _, s in group]
+                if on_batch is not None:
+                    on_batch(epoch, mine)
+                batch = {k: v.to(acc.device) for k, v in collate(mine).items()}
+                with acc.accumulate(prepared):  # prepare() already wrapped forward in autocast
+                    loss = prepared(**batch).loss
+                    acc.backward(loss)  # divides by grad_accum
+                    if acc.sync_gradients and cfg.max_grad_norm:  # FSDP/DeepSpeed: their own clipping
+                        acc.clip_grad_norm_(prepared.parameters(), cfg.max_grad_norm)
+                    opt.step()  # a no-op until the accumulation window is full
+                    opt.zero_grad(set_to_none=True)
+                window.append(loss.item())
+            sched.step()
+            step += 1
+            seen_log += global_batch
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                now = time.time()
+                mean = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean").item()
+                losses.append(mean)
+                rate = seen_log / max(1e-9, now - t_log)
+                eta = (total - step) * global_batch / max(1e-9, rate)
+                rec = {"step": step, "epoch": epoch, "loss": round(mean, 5), "lr": sched.get_last_lr()[0],
+                       "samples_per_s": round(rate, 2), "eta_s": round(eta, 1)}
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{rec['lr']:.2e}")
+                if acc.is_main_process:
+                    with open(os.path.join(cfg.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    if not cfg.progress:
+                        log(json.dumps(rec))
+                window, t_log, seen_log = [], now, 0
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step:07d}"))
+            if _stop_requested(signals, acc):
+                stopped = signals.requested or signal.SIGTERM
+                break
+    finally:
+        signals.__exit__()
     bar.close()
+    if stopped is not None:
+        path = os.path.join(cfg.output_dir, f"checkpoint-{step:07d}")
+        if not os.path.isdir(path):
+            checkpoint(path)
+        prepared.eval()
+        return {"steps": step, "final_dir": None, "checkpoint": path, "losses": losses, "wall_s": time.time() - t0,
+                "stream": source, "localizer": loc, "rank": rank, "world": world, "stopped": int(stopped)}
     final = os.path.join(cfg.output_dir, "final")
-    checkpoint(final)
+    if not (resume and os.path.abspath(resume) == os.path.abspath(final)):
+        checkpoint(final)
     prepared.eval()
     out = {"steps": step, "final_dir": final, "losses": losses, "wall_s": time.time() - t0,
-           "stream": source, "localizer": loc, "rank": rank, "world": world}
+           "stream": source, "localizer": loc, "rank": rank, "world": world, "stopped": None}
     return out
+
+
+def _stop_requested(signals: "run_folder.StopSignals", acc) -> bool:
+    """Whether any rank got a stop signal (agreed by all ranks: a checkpoint is a collective)."""
+    flag = signals.requested is not None
+    if acc.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(acc.reduce(torch.tensor(float(flag), device=acc.device), "sum").item() > 0)
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -222,8 +300,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (configs/localizer-*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field (YAML value), e.g. --set max_steps=100")
-    parser.add_argument("--resume", default=None, help="checkpoint folder, or 'auto' for the latest")
-    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--resume", default=None,
+                        help="checkpoint folder to resume from (default: a run of the same config in the "
+                             "output folder resumes from its newest checkpoint)")
+    parser.add_argument("--output-dir", default=None, help="run folder (default: the config's output_dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run of another config in the output folder instead of refusing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,7 +315,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
-    out = train(cfg, log=lambda s: print(s, file=sys.stderr))
+    out = train(cfg, log=lambda s: print(s, file=sys.stderr), overwrite=args.overwrite)
+    if out["stopped"] is not None:
+        if out["rank"] == 0:
+            print(f"stopped by {signal.Signals(out['stopped']).name} at step {out['steps']}; checkpoint "
+                  f"{out['checkpoint']}\nresume with: {run_folder.resume_command()}", file=sys.stderr)
+        return 128 + out["stopped"]
     if out["rank"] != 0:
         return 0
     print(json.dumps({"steps": out["steps"], "final_dir": out["final_dir"], "stream": out["stream"],

@@ -43,7 +43,8 @@ class LocalizerTrainConfig:
     seed: int = 0
     log_every: int = 10
     save_every: int = 500  # 0: only the final checkpoint
-    resume: str = ""  # "" | "auto" | checkpoint folder
+    keep_checkpoints: int = 3  # newest intermediate checkpoints kept (0 = all); final is always kept
+    resume: str = ""  # "" / "auto": continue a run of this config in output_dir (crop.train.run_folder) | a checkpoint folder
     ddp_find_unused: bool = True  # text-only batches leave the merger unused
     progress: bool = True
 
@@ -52,6 +53,8 @@ class LocalizerTrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name!r}: {getattr(self, name)!r} not in {allowed}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"config field 'keep_checkpoints' must be >= 0, got {self.keep_checkpoints}")
         for name in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
@@ -89,7 +92,11 @@ def config_from_dict(data: dict) -> LocalizerTrainConfig:
              for f in fields(LocalizerTrainConfig)}
     unknown = sorted(set(data) - set(probe))
     if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(probe)}")
+        import difflib
+
+        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, probe, 1)) else repr(u)
+                 for u in unknown]
+        raise ValueError(f"unknown config field(s) {', '.join(hints)}; known: {', '.join(sorted(probe))}")
     return LocalizerTrainConfig(**{k: _check_type(k, v, probe[k]) for k, v in data.items()})
 
 

@@ -43,7 +43,8 @@ def test_paper_config_has_the_paper_defaults():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"synthetic": 10, "learning_rate": 1.0}, r"unknown config field\(s\) \['learning_rate'\]"),
+    ({"synthetic": 10, "learning_rate": 1.0}, r"unknown config field\(s\) 'learning_rate'; known: "),
+    ({"synthetic": 10, "lrr": 0.1}, "unknown config field\\(s\\) 'lrr' \\(did you mean 'lr'\\?\\)"),
     ({"synthetic": 10, "batch_size": "4"}, "config field 'batch_size': expected int"),
     ({"synthetic": 10, "scheduler": "step"}, "config field 'scheduler': 'step' not in"),
     ({"synthetic": 10, "grad_accum": 0}, "config field 'grad_accum' must be >= 1"),
