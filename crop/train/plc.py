@@ -37,8 +37,10 @@ a function of (seed, epoch); a resumed run skips the raw samples already consume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
@@ -49,6 +51,7 @@ from crop.eval.prompts import SHORT_ANSWER_SUFFIX
 from crop.models.llava_conversation import IGNORE_INDEX, render_vicuna_v1, tokenize_conversation
 from crop.models.llava_view import padded_for
 from crop.models.plc import PLCConfig
+from crop.train import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ class LoopSection:
     save_every: int = 500  # optimizer steps
     keep_checkpoints: int = 2
     log_every: int = 10
-    resume: bool = True  # continue from the newest checkpoint in output_dir
+    resume: bool = True  # a run of the same config in output_dir continues (false: refuse to continue it)
     export_final: bool = True  # final/llava (save_pretrained) + final/plc.safetensors
 
     def __post_init__(self) -> None:
@@ -282,13 +285,27 @@ def as_source(samples: Sequence[dict] | SampleSource) -> SampleSource:
 
 
 def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Sequence[dict] | SampleSource,
-          samples_per_epoch: int | None = None) -> dict:
-    """Run (or resume) training; returns a summary with the final step, loss and counters."""
+          samples_per_epoch: int | None = None, overwrite: bool = False) -> dict:
+    """Run (or resume) training; returns a summary with the final step, loss, counters and ``stopped``.
+
+    The output folder follows :mod:`crop.train.run_folder`: a run of the same config resumes from
+    its newest checkpoint (log rows after it dropped), another config is refused unless
+    ``overwrite``; SIGINT/SIGTERM finish the current optimizer step, save a checkpoint and return
+    with ``stopped`` = the signal number."""
     import torch
 
     from crop.train import common
 
     out = Path(cfg.train.output_dir)
+    ckpt_root = out / "checkpoints"
+    # train.max_steps only caps the run (the schedule is planned from the epochs), so raising it
+    # continues the same run: operational here, unlike in the localizer trainer.
+    mode = run_folder.prepare(out, dataclasses.asdict(cfg), overwrite=overwrite, config_name="config.yaml",
+                              has_checkpoint=lambda p: common.latest_checkpoint(p / "checkpoints") is not None,
+                              operational=run_folder.OPERATIONAL | {"max_steps", "export_final"})
+    if mode == "resume" and not cfg.train.resume:
+        raise run_folder.RunFolderError(f"{out}: holds a run of this config and train.resume is false; "
+                                        "use another output folder, or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
     common.dump_config(cfg, out / "config.yaml")
     source = as_source(samples)
@@ -311,11 +328,11 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
                                    int(cfg.optim.warmup_ratio * steps_per_epoch * cfg.train.epochs),
                                    cfg.optim.schedule)
     step, start_epoch, skip, counters = 0, 0, 0, Counter()
-    ckpt_root = out / "checkpoints"
-    if cfg.train.resume and (last := common.latest_checkpoint(ckpt_root)) is not None:
+    if mode == "resume" and (last := common.latest_checkpoint(ckpt_root)) is not None:
         state = common.load_checkpoint(last, model, opt, sched)
         step, start_epoch, skip = state["step"], state["data"]["epoch"], state["data"]["consumed"]
         counters.update(state.get("counters", {}))
+        run_folder.trim_log(out / "log.jsonl", step)
         log.info("resumed from %s (step %d, epoch %d, %d samples in)", last, step, start_epoch, skip)
 
     padded, grid_hw = padded_for(cfg.data.image_aspect), model.grid_hw
@@ -340,55 +357,62 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
         step += 1
         last_loss = sum(losses) / len(losses)
         progress.step(step, last_loss, sched.get_last_lr()[0], n_samples)
-        if step % cfg.train.save_every == 0 or step == total:
+        if step % cfg.train.save_every == 0 or step == total or signals.requested is not None:
             save()
 
     done = step >= total
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if done:
-            break
-        consumed = skip if epoch == start_epoch else 0
-        stream = iter(source(epoch, consumed))
-        micro, losses, n_samples = 0, [], 0
-        while not done:
-            examples: list[Example] = []
-            while len(examples) < cfg.train.batch_size:
-                sample = next(stream, None)
-                if sample is None:
-                    break
-                consumed += 1
-                ex = prepare_sample(sample, cfg.data, tokenizer, model.image_token_id, model.num_image_tokens)
-                if isinstance(ex, str):
-                    counters[ex] += 1
-                else:
-                    examples.append(ex)
-            if not examples:
+    signals = run_folder.StopSignals().__enter__()
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            if done:
                 break
-            batch = {k: v.to(device) for k, v in
-                     collate(examples, image_processor, padded, grid_hw, pad_id, model.tile_px).items()}
-            if "pixel_values" in batch:
-                batch["pixel_values"] = batch["pixel_values"].to(next(model.llava.parameters()).dtype)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_autocast):
-                loss = model(**batch).loss
-            (loss / cfg.train.grad_accum).backward()
-            losses.append(float(loss.detach()))
-            micro, n_samples = micro + 1, n_samples + len(examples)
-            if micro == cfg.train.grad_accum:
+            consumed = skip if epoch == start_epoch else 0
+            stream = iter(source(epoch, consumed))
+            micro, losses, n_samples = 0, [], 0
+            while not done:
+                examples: list[Example] = []
+                while len(examples) < cfg.train.batch_size:
+                    sample = next(stream, None)
+                    if sample is None:
+                        break
+                    consumed += 1
+                    ex = prepare_sample(sample, cfg.data, tokenizer, model.image_token_id, model.num_image_tokens)
+                    if isinstance(ex, str):
+                        counters[ex] += 1
+                    else:
+                        examples.append(ex)
+                if not examples:
+                    break
+                batch = {k: v.to(device) for k, v in
+                         collate(examples, image_processor, padded, grid_hw, pad_id, model.tile_px).items()}
+                if "pixel_values" in batch:
+                    batch["pixel_values"] = batch["pixel_values"].to(next(model.llava.parameters()).dtype)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_autocast):
+                    loss = model(**batch).loss
+                (loss / cfg.train.grad_accum).backward()
+                losses.append(float(loss.detach()))
+                micro, n_samples = micro + 1, n_samples + len(examples)
+                if micro == cfg.train.grad_accum:
+                    optimizer_step(n_samples, losses)
+                    micro, losses, n_samples = 0, [], 0
+                    done = step >= total or signals.requested is not None
+            if micro and not done:  # flush a partial accumulation at the end of the epoch
                 optimizer_step(n_samples, losses)
-                micro, losses, n_samples = 0, [], 0
-                done = step >= total
-        if micro and not done:  # flush a partial accumulation at the end of the epoch
-            optimizer_step(n_samples, losses)
-            done = step >= total
+                done = step >= total or signals.requested is not None
+    finally:
+        signals.__exit__()
     progress.close()
     if step and (common.latest_checkpoint(ckpt_root) is None
                  or common.latest_checkpoint(ckpt_root).name != f"step-{step:06d}"):
         save()
     if counters:
         log.info("skipped samples by reason: %s", dict(counters))
+    if signals.requested is not None and step < total:
+        return {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": int(signals.requested),
+                "checkpoint": str(common.latest_checkpoint(ckpt_root))}
     if cfg.train.export_final:
         export_final(model, tokenizer, image_processor, out / "final")
-    return {"step": step, "loss": last_loss, "counters": dict(counters)}
+    return {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": None}
 
 
 def export_final(model, tokenizer, image_processor, final: Path) -> None:
@@ -464,6 +488,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML file (configs/plc-*.yaml)")
     parser.add_argument("--shards", nargs="*", default=None, help="overrides data.shards")
     parser.add_argument("--output-dir", default=None, help="overrides train.output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run of another config in the output folder instead of refusing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.max_steps=10 (repeatable)")
 
@@ -482,6 +508,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("train-plc: no shards (set data.shards or pass --shards)")
     model, tokenizer, processor = build_model(cfg)
     source, n = shard_source(cfg.data.shards, cfg.data)
-    summary = train(cfg, model, tokenizer, processor, source, cfg.data.samples_per_epoch or n)
+    summary = train(cfg, model, tokenizer, processor, source, cfg.data.samples_per_epoch or n, overwrite=args.overwrite)
+    if summary["stopped"] is not None:
+        import signal as _signal
+
+        print(f"stopped by {_signal.Signals(summary['stopped']).name} at step {summary['step']}; checkpoint "
+              f"{summary['checkpoint']}\nresume with: {run_folder.resume_command()}", file=sys.stderr)
+        return 128 + summary["stopped"]
     log.info("done: %s", summary)
     return 0

@@ -45,21 +45,23 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, Mapping):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = value
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value  # YAML has no tuples
     return out
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                       operational: frozenset[str] = OPERATIONAL) -> list[str]:
     """``field: old -> new`` for every field that differs, operational ones (at any depth, e.g.
     ``train.log_every`` in a sectioned config) left out; nested fields are dotted."""
     a, b = _flatten(old), _flatten(new)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
             for k in sorted(set(a) | set(b))
-            if k.rsplit(".", 1)[-1] not in OPERATIONAL and a.get(k, "<absent>") != b.get(k, "<absent>")]
+            if k.rsplit(".", 1)[-1] not in operational and a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
 def prepare(output_dir: str | os.PathLike, config: Mapping[str, Any], *, overwrite: bool = False,
-            has_checkpoint: Callable[[Path], bool] = lambda p: False) -> str:
+            has_checkpoint: Callable[[Path], bool] = lambda p: False, config_name: str = CONFIG_NAME,
+            operational: frozenset[str] = OPERATIONAL) -> str:
     """Decide what to do with ``output_dir``: ``"fresh"`` or ``"resume"``; raise :class:`RunFolderError`.
 
     ``config`` is the new run's resolved config as a plain mapping. Only the main process should
@@ -72,12 +74,12 @@ def prepare(output_dir: str | os.PathLike, config: Mapping[str, Any], *, overwri
         return "fresh"
     if not out.is_dir():
         raise RunFolderError(f"{out}: exists and is not a folder")
-    saved = out / CONFIG_NAME
+    saved = out / config_name
     if not saved.is_file():
-        raise RunFolderError(f"{out}: not empty and holds no {CONFIG_NAME} (not a run folder); "
+        raise RunFolderError(f"{out}: not empty and holds no {config_name} (not a run folder); "
                              "choose another --output-dir (--overwrite never deletes other files)")
     old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    diff = config_differences(old, dict(config))
+    diff = config_differences(old, dict(config), operational)
     if diff and not overwrite:
         raise RunFolderError(f"{out}: holds a run of another config ({'; '.join(diff[:5])}"
                              f"{'; ...' if len(diff) > 5 else ''}); use another --output-dir, or --overwrite to replace it")

@@ -275,3 +275,38 @@ def test_cli_trains_from_shards_and_exports(tmp_path):
     assert engine.frontend.processor.patch_size == 2 and engine.frontend.padded
     _, info = engine.answer(load_questions("gqa", qfile)[0], cfg.benchmarks[0])
     assert (info["visual_tokens_in"], info["visual_tokens_kept"]) == (24 * 24, 68)
+
+
+def test_one_run_folder_rule_and_stop_signal(tmp_path):
+    """crop.train.run_folder for PLC: another config is refused (named field) unless overwrite; a
+    SIGINT mid-run finishes the step, checkpoints and returns stopped; the rerun resumes to the
+    end with every log step once."""
+    import os
+    import signal
+
+    from crop.train.run_folder import RunFolderError
+
+    samples = [region_sample(i, c) for i, c in enumerate(COLORS)] + [instruction_sample(10, True)]
+    cfg = tiny_cfg(tmp_path / "run", epochs=2, batch_size=2)
+    model, tok, proc = tiny_model(cfg)
+    seen = []
+    inner = shuffled_source(samples)
+
+    def interrupting(epoch, skip):
+        for s in inner(epoch, skip):
+            seen.append(1)
+            if len(seen) == 5:  # inside step 3
+                os.kill(os.getpid(), signal.SIGINT)
+            yield s
+
+    out = train(cfg, model, tok, proc, interrupting, samples_per_epoch=len(samples))
+    assert out["stopped"] == signal.SIGINT and out["step"] == 3
+    assert out["checkpoint"].endswith("step-000003")
+    other = dataclasses.replace(cfg, optim=OptimSection(lr=5e-4))
+    with pytest.raises(RunFolderError, match=r"optim.lr: 0.001 -> 0.0005"):
+        train(other, *tiny_model(other), shuffled_source(samples), samples_per_epoch=len(samples))
+    model2, _, _ = tiny_model(cfg)
+    done = train(cfg, model2, tok, proc, shuffled_source(samples), samples_per_epoch=len(samples))
+    assert done["stopped"] is None and done["step"] == 6
+    steps = [json.loads(r)["step"] for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
