@@ -104,7 +104,7 @@ def keep_plan(engine: "Engine", inputs: dict, ctx: dict) -> Any:
     """The region's keep plan (``crop.pruning.region_keep_plan``) with the run's budget resolved.
 
     ``budget_mode: average``: the region itself, scaled by the benchmark's one factor
-    (``ctx["budget_scale"]``, :mod:`crop.pruning.average`), kept exactly.
+    (``ctx["budget_scale"]``, :mod:`crop.pruning.average`), kept exactly, padding never kept.
     """
     from crop.pruning import region_keep_plan, token_layout
 
@@ -114,7 +114,9 @@ def keep_plan(engine: "Engine", inputs: dict, ctx: dict) -> Any:
         from crop.pruning.average import scale_box
         from crop.pruning.region_map import to_box_norm
 
-        region, budget = scale_box(to_box_norm(region), ctx["budget_scale"]), None
+        return region_keep_plan(layouts, [scale_box(to_box_norm(region), ctx["budget_scale"])],
+                                image_sizes_wh=[ctx["size_wh"]], llava_geometry=engine.frontend.llava_geometry,
+                                whole_is_identity=False)  # as calibrated: padding never kept
     return region_keep_plan(layouts, [region], image_sizes_wh=[ctx["size_wh"]],
                             llava_geometry=engine.frontend.llava_geometry, budget=budget)
 

@@ -5,9 +5,11 @@ The paper keeps the (predicted) region itself and averages the pruning rate over
 retained tokens "consistently form continuous rectangular image regions"). To hit a chosen R the
 regions must all grow or shrink by the same factor: every region's normalized box is scaled by
 one ``scale`` about its own centre (both sides, so the aspect ratio stays) and clipped to the
-image, then kept exactly (:func:`crop.pruning.region_map.view_keep_mask`: padding dropped; a box
-grown to the whole image keeps everything). ``scale`` is chosen so the mean kept count over the
-run's images is as close to R as the integer counts allow (:func:`calibrate_scale`).
+image, then kept exactly (:func:`crop.pruning.region_map.view_keep_mask`). Padding is never kept
+in this mode, not even by a box grown over the whole image (it would add the padding bands of
+that image at once, no content, and coarse steps to the mean): such an image keeps its image
+cells. ``scale`` is chosen so the mean kept count over the run's images is as close to R as the
+integer counts allow (:func:`calibrate_scale`).
 
 A fractional R (Qwen2-VL's "50%") targets the mean kept *share* ``kept / visual tokens`` instead.
 
@@ -55,7 +57,8 @@ class AverageSample:
     llava_geometry: str = "center_crop"
 
     def kept(self, scale: float) -> int:
-        return kept_count(self.layout, scale_box(self.box, scale), self.image_wh, self.llava_geometry)
+        return kept_count(self.layout, scale_box(self.box, scale), self.image_wh, self.llava_geometry,
+                          whole_is_identity=False)
 
     @property
     def total(self) -> int:

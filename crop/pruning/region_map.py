@@ -301,7 +301,8 @@ def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def view_keep_mask(box: BoxNorm, view: ViewGrid, image_wh: tuple[int, int] | None,
-                   llava_geometry: str = "center_crop", budget: int | None = None) -> np.ndarray:
+                   llava_geometry: str = "center_crop", budget: int | None = None,
+                   whole_is_identity: bool = True) -> np.ndarray:
     """THE region -> token rule: cells ``(rows, cols)`` of ``view`` kept for a box on the original image.
 
     Every user goes through here: ILP / prune / centre / random (:func:`region_keep_plan`) and
@@ -312,8 +313,12 @@ def view_keep_mask(box: BoxNorm, view: ViewGrid, image_wh: tuple[int, int] | Non
       the image border. The whole-image box keeps every cell, padding included, so the
       whole-image region is the identity (no pruning) for every geometry.
     * ``budget`` cells: :func:`budget_rect` limited to the cells that show the image.
+
+    ``whole_is_identity=False`` drops padding for the whole-image box too (the averaged budget's
+    scaled boxes, :mod:`crop.pruning.average`: a box grown over the whole image keeps its image
+    cells, not the padding).
     """
-    if budget is None and is_whole_image(box):
+    if budget is None and whole_is_identity and is_whole_image(box):
         return np.ones(view.grid_hw, dtype=bool)
     mapped = map_box_to_view(box, view, image_wh, llava_geometry)
     if budget is None:
@@ -350,15 +355,16 @@ def _split_budget(budget: int, views: Sequence[ViewGrid]) -> list[int]:
 
 
 def image_keep_masks(lay: SampleLayout, image_index: int, box: BoxNorm, image_wh: tuple[int, int] | None,
-                     llava_geometry: str = "center_crop", budget: int | None = None) -> list[tuple[ViewGrid, np.ndarray]]:
+                     llava_geometry: str = "center_crop", budget: int | None = None,
+                     whole_is_identity: bool = True) -> list[tuple[ViewGrid, np.ndarray]]:
     """``(view, keep mask (rows, cols))`` for every view of one image of ``lay`` (budget split over views)."""
     views = [v for v in lay.views if v.image_index == image_index]
     budgets = _split_budget(budget, views) if budget is not None else [None] * len(views)
-    return [(v, view_keep_mask(box, v, image_wh, llava_geometry, b)) for v, b in zip(views, budgets)]
+    return [(v, view_keep_mask(box, v, image_wh, llava_geometry, b, whole_is_identity)) for v, b in zip(views, budgets)]
 
 
 def kept_count(lay: SampleLayout, box: BoxNorm, image_wh: tuple[int, int] | None,
-               llava_geometry: str = "center_crop") -> int:
+               llava_geometry: str = "center_crop", whole_is_identity: bool = True) -> int:
     """Visual tokens :func:`region_keep_plan` keeps (exact mode) for a one-image row, without the plan.
 
     Grid cells kept + LLaVA-NeXT newlines of kept rows + tokens on no grid (a CLS); used where
@@ -367,7 +373,7 @@ def kept_count(lay: SampleLayout, box: BoxNorm, image_wh: tuple[int, int] | None
     if len(lay.image_indices) != 1:
         raise ValueError(f"kept_count takes a one-image row, got {len(lay.image_indices)} images")
     n = int(lay.always_kept.size)
-    for view, m in image_keep_masks(lay, lay.image_indices[0], box, image_wh, llava_geometry):
+    for view, m in image_keep_masks(lay, lay.image_indices[0], box, image_wh, llava_geometry, None, whole_is_identity):
         n += int(m.sum())
         if view.newline_positions is not None:
             n += int(m.any(axis=1).sum())
@@ -382,12 +388,14 @@ def region_keep_plan(
     llava_geometry: str = "center_crop",
     budget: int | None = None,
     grid: int = 8,
+    whole_is_identity: bool = True,
 ) -> KeepPlan:
     """Keep plan from one region per image (images in batch order, one per row in the usual case).
 
     ``image_sizes_wh`` (original width, height per image) is needed for LLaVA-1.5 with
     ``center_crop`` / ``pad_square``; LLaVA-NeXT reads the size from the layout. The plan records
-    how many kept tokens are pure padding (``padding_kept``; see :func:`view_keep_mask`).
+    how many kept tokens are pure padding (``padding_kept``; see :func:`view_keep_mask`, also for
+    ``whole_is_identity``).
     """
     n_images = sum(len(lay.image_indices) for lay in layouts)
     if len(regions) != n_images:
@@ -403,7 +411,8 @@ def region_keep_plan(
             keep[pos_to_idx[int(p)]] = True
         for img in lay.image_indices:
             wh = image_sizes_wh[img] if image_sizes_wh is not None else None
-            for view, m in image_keep_masks(lay, img, to_box_norm(regions[img], grid), wh, llava_geometry, budget):
+            box = to_box_norm(regions[img], grid)
+            for view, m in image_keep_masks(lay, img, box, wh, llava_geometry, budget, whole_is_identity):
                 padding = ~content_mask(view, wh, llava_geometry)  # (rows, cols)
                 for p in view.positions[m]:
                     keep[pos_to_idx[int(p)]] = True

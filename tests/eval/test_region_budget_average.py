@@ -88,8 +88,12 @@ def test_calibrated_mean_is_the_closest_step(target):
 
 def test_targets_beyond_the_images_and_shares():
     samples = _samples(10, seed=1)
+    from crop.pruning.region_map import content_mask
+
     whole = calibrate_scale(samples, 10_000)
-    assert whole.kept == tuple(s.total for s in samples)  # everything kept, mean < R reported
+    image_cells = tuple(int(content_mask(s.layout.views[0], s.image_wh, s.llava_geometry).sum()) for s in samples)
+    assert whole.kept == image_cells  # every image cell kept, no padding; mean < R reported
+    assert any(c < s.total for c, s in zip(image_cells, samples))  # (the padding was there)
     assert whole.summary()["relative_error"] < 0
     share = calibrate_scale(samples, 0.25)  # a fraction: the mean kept share
     assert share.unit == "share" and abs(share.summary()["achieved_mean"] - 0.25) <= 0.02 * 0.25
@@ -151,21 +155,28 @@ def _benchmark(root, n=24, seed=0):
     return {"name": "gqa", "question_file": str(qf), "image_folder": str(root / "images"), "max_new_tokens": 1}, str(rf)
 
 
-@pytest.mark.parametrize("method", ["ilp", "prune"])
-def test_crop_eval_average_budget_reaches_r(method, tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("method, R", [("ilp", 128), ("prune", 64)])
+def test_crop_eval_average_budget_reaches_r(method, R, tmp_path_factory, tmp_path):
     from crop.eval.runner import run_eval
 
     torch.set_num_threads(1)
     model_dir = _tiny_llava_24(tmp_path_factory.mktemp("llava24"))
     bench, regions = _benchmark(tmp_path_factory.mktemp("avgbench"))
-    R = 64
     runs = {}
     for mode in ("average", "rect"):
-        cfg = EvalConfig.from_dict({
-            "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-            "method": {"name": method, "layer": 1, "budget": R, "budget_mode": mode, "regions": regions},
-            "output_dir": str(tmp_path / mode), "score": False, "benchmarks": [bench]})
-        summary = run_eval(cfg)
+        config = {"model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
+                  "method": {"name": method, "layer": 1, "budget": R, "budget_mode": mode, "regions": regions},
+                  "output_dir": str(tmp_path / mode), "score": False, "benchmarks": [bench]}
+        if mode == "average":  # the command line, from a YAML config
+            import yaml
+
+            from crop.cli import main
+
+            (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+            assert main(["eval", "--config", str(tmp_path / "eval.yaml")]) == 0
+            summary = json.loads((tmp_path / mode / "summary.json").read_text())
+        else:
+            summary = run_eval(EvalConfig.from_dict(config))
         runs[mode] = (summary, read_jsonl(tmp_path / mode / "gqa" / "efficiency.jsonl"))
     summary, rows = runs["average"]
     report = json.loads((tmp_path / "average" / "gqa" / "budget.json").read_text())
@@ -177,6 +188,7 @@ def test_crop_eval_average_budget_reaches_r(method, tmp_path_factory, tmp_path):
     assert report["achieved_std"] == pytest.approx(statistics.pstdev(kept))
     assert len({r["budget_scale"] for r in rows}) == 1 and rows[0]["budget_scale"] == report["scale"]
     assert all(r["visual_tokens_kept_image"] + r["visual_tokens_kept_padding"] == r["visual_tokens_kept"] for r in rows)
+    assert all(r["visual_tokens_kept_padding"] == 0 for r in rows)  # scaled regions never keep padding
     # regions stay regions: a wide spread, where the rect mode keeps ~R everywhere
     rect = [r["visual_tokens_kept"] for r in runs["rect"][1]]
     assert statistics.pstdev(kept) > 5 * statistics.pstdev(rect)
