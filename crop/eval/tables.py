@@ -53,6 +53,8 @@ class Row:
     path: str = ""
     incomplete: dict[str, str] = field(default_factory=dict)   # benchmark -> why its cell is incomplete
     relacc_incomplete: bool = False                            # RelAcc used an incomplete cell
+    budget: int | float | None = None                          # the run's method.budget
+    kept_mean: float | None = None                             # mean visual tokens kept (efficiency)
 
 
 def incomplete_reason(entry: dict) -> str | None:
@@ -71,12 +73,42 @@ def incomplete_reason(entry: dict) -> str | None:
     return ", ".join(parts) or "incomplete"
 
 
-def default_section(budget: int | float | None) -> str:
+def default_section(budget: int | float | None, method: str | None = None,
+                    kept_mean: float | None = None) -> str:
+    """The section of a run without an explicit ``section``.
+
+    No budget means all tokens only for the unpruned baseline. A method with a fixed token count of
+    its own (PLC keeps 68 = 64 + 4 query tokens) has no budget either: it goes under "Retain ~N
+    Tokens" from its measured mean kept count, and :func:`place_by_kept` moves it into the nearest
+    budget section present (the paper lists CROP-PLC under "Retain Averaged 64 Tokens").
+    """
     if budget is None:
-        return "All Tokens"
+        if method in (None, "", "none") or kept_mean is None:
+            return "All Tokens"
+        return f"Retain ~{kept_mean:.0f} Tokens"
     if isinstance(budget, float):
         return f"Retain {100 * budget:.4g}% Tokens"
     return f"Retain {budget} Tokens"
+
+
+def _kept_mean(entries: dict) -> float | None:
+    vals = [e["efficiency"]["visual_tokens_kept_mean"] for e in entries.values()
+            if isinstance(e.get("efficiency"), dict) and e["efficiency"].get("visual_tokens_kept_mean") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+NEAR = 0.15  # a fixed-count method joins a budget section when its kept mean is within 15% of R
+
+
+def place_by_kept(rows: list[Row]) -> None:
+    """Move rows placed by their kept count ("Retain ~N Tokens") into the section of the nearest
+    integer budget R present among ``rows`` when ``|N - R| <= NEAR * R``."""
+    budgets = {r.budget: r.section for r in rows if isinstance(r.budget, int) and not isinstance(r.budget, bool)}
+    for r in rows:
+        if r.budget is None and r.kept_mean is not None and r.section.startswith("Retain ~") and budgets:
+            best = min(budgets, key=lambda b: abs(b - r.kept_mean))
+            if abs(best - r.kept_mean) <= NEAR * best:
+                r.section = budgets[best]
 
 
 def load_row(run_dir: str | Path) -> Row:
@@ -87,9 +119,11 @@ def load_row(run_dir: str | Path) -> Row:
     entries = s.get("benchmarks", {})
     scores = {b: e.get("score") for b, e in entries.items()}
     incomplete = {b: why for b, e in entries.items() if (why := incomplete_reason(e)) is not None}
-    section = s.get("section") or default_section(s.get("budget"))
+    kept = _kept_mean(entries)
+    section = s.get("section") or default_section(s.get("budget"), s.get("method"), kept)
     return Row(label=s.get("label") or Path(run_dir).name, section=section, scores=scores,
-               model=s.get("model") or "", path=str(run_dir), incomplete=incomplete)
+               model=s.get("model") or "", path=str(run_dir), incomplete=incomplete,
+               budget=s.get("budget"), kept_mean=kept)
 
 
 def row_relacc(row: Row, base: Row, benchmarks: list[str], allow_incomplete: bool = False) -> float | None:
@@ -111,6 +145,7 @@ def _same(a: str | Path, b: str | Path) -> bool:
 def build_rows(runs: list[str], baseline: str, benchmarks: list[str], allow_incomplete: bool = False) -> list[Row]:
     base = load_row(baseline)
     rows = [base] + [load_row(r) for r in runs if not _same(r, baseline)]
+    place_by_kept(rows)
     for row in rows:
         row.relacc = row_relacc(row, base, benchmarks, allow_incomplete)
     order = list(dict.fromkeys([base.section] + [r.section for r in rows]))
@@ -147,10 +182,10 @@ def build_grouped(runs: list[str], baselines: list[str], benchmarks: list[str],
     for b in bases:
         b.relacc = row_relacc(b, b, benchmarks, allow_incomplete)
         cells[keys[0]][b.model] = b
-    for run in runs:
-        if any(_same(run, b) for b in baselines):
-            continue
-        row = load_row(run)
+    loaded = [load_row(run) for run in runs if not any(_same(run, b) for b in baselines)]
+    place_by_kept(bases + loaded)
+    for row in loaded:
+        run = row.path
         if row.model not in base_of:
             raise ValueError(f"{run}: model {row.model!r} has no baseline (baselines are of {models})")
         row.relacc = row_relacc(row, base_of[row.model], benchmarks, allow_incomplete)

@@ -119,3 +119,30 @@ def test_fractional_budget_default_section(tmp_path):
     d.mkdir()
     (d / "summary.json").write_text(json.dumps({"label": "x", "budget": 0.222, "benchmarks": {}}))
     assert load_row(d).section == "Retain 22.2% Tokens"
+
+
+def _auto_run(tmp_path, name, method, budget, kept, values):
+    """A summary as `crop eval` writes it: no explicit section, efficiency per benchmark."""
+    d = tmp_path / name
+    d.mkdir()
+    eff = {"visual_tokens_kept_mean": kept}
+    summary = {"label": name, "method": method, "budget": budget, "section": None,
+               "benchmarks": {b: {"score": v, "complete": True, "efficiency": eff} for b, v in zip(B6, values)}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return str(d)
+
+
+def test_plc_run_sits_with_its_token_count_not_under_all_tokens(tmp_path):
+    """Table 2 lists CROP-PLC (68 tokens: 64 + 4 queries) under "Retain Averaged 64 Tokens"; a PLC
+    run has no budget, and must not land in the baseline's "All Tokens" section and be bolded
+    against the unpruned model."""
+    base = _auto_run(tmp_path, "LLaVA-1.5", "none", None, 576.0, [61.9, 1862, 58.2, 69.5, 78.5, 85.9])
+    ilp = _auto_run(tmp_path, "CROP-ILP", "ilp", 64, 64.0, [59.6, 1675, 54.9, 71.5, 74.8, 83.6])
+    plc = _auto_run(tmp_path, "CROP-PLC", "plc", None, 68.0, [60.3, 1634, 55.2, 71.8, 75.0, 80.2])
+    rows = build_rows([ilp, plc], base, B6)
+    sections = {r.label: r.section for r in rows}
+    assert sections == {"LLaVA-1.5": "All Tokens", "CROP-ILP": "Retain 64 Tokens", "CROP-PLC": "Retain 64 Tokens"}
+    md = to_markdown(rows, B6)
+    assert "| CROP-PLC | **60.3** |" in md and "| LLaVA-1.5 | 61.9 |" in md  # compared within its section
+    alone = build_rows([plc], base, B6)  # no budget section to join: its own, from the kept count
+    assert [r.section for r in alone] == ["All Tokens", "Retain ~68 Tokens"]
