@@ -90,6 +90,16 @@ def iter_inputs(inputs: list[str], image_root: str) -> Iterator[dict]:
         yield {"key": rec["key"], "question": rec["question"], "image": s["image"], "row": rec}
 
 
+def count_inputs(inputs: list[str]) -> int | None:
+    """Questions :func:`iter_inputs` will yield, without loading images (None when unknown: shards
+    whose ``.stats.json`` markers are missing)."""
+    if len(inputs) == 1 and inputs[0].endswith((".jsonl", ".json")):
+        return sum(1 for _ in question_rows(inputs[0]))
+    from crop.eval.localization import count_shard_regions
+
+    return count_shard_regions(inputs)
+
+
 def batched(it, n: int):
     batch = []
     for x in it:
@@ -108,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
 
     from crop.models.localizer import Localizer
 
+    total = count_inputs(args.input)
+    if args.limit:
+        total = args.limit if total is None else min(total, args.limit)
+    print(f"predict-regions: {'?' if total is None else total} questions from {' '.join(args.input)} -> {args.output}",
+          file=sys.stderr)
     loc = Localizer.from_pretrained(args.model, device=args.device, max_new_tokens=args.max_new_tokens)
     samples = iter_inputs(args.input, args.image_root)
     if args.limit:
@@ -117,12 +132,15 @@ def run(args: argparse.Namespace) -> int:
     scope = {"benchmark": bench} if bench else {}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as out:
-        for batch in tqdm(batched(samples, args.batch_size), desc="predict-regions", unit="batch"):
+        bar = tqdm(total=total, desc="predict-regions", unit="question", dynamic_ncols=True)
+        for batch in batched(samples, args.batch_size):
             preds = loc.predict_detailed([b["image"] for b in batch], [b["question"] for b in batch])
             for b, p in zip(batch, preds):
                 out.write(json.dumps({**scope, "key": b["key"], "question": b["question"],
                                       "region_blocks": list(p.region), "raw": p.raw,
                                       "status": p.status}) + "\n")
                 n += 1
-    print(f"wrote {n} predictions to {args.output}; parse statuses {loc.counts}", file=sys.stderr)
+            bar.update(len(batch))
+        bar.close()
+    print(f"predict-regions: wrote {n} predictions to {args.output}; parse statuses {loc.counts}", file=sys.stderr)
     return 0

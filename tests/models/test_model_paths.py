@@ -36,3 +36,23 @@ def test_predict_regions_with_a_missing_model_folder_is_one_line(tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "/missing/dir: no such localizer folder" in err
+
+
+def test_predict_regions_counts_its_questions_for_the_progress_bar(tmp_path):
+    """The bar's total: rows of a question file (no image loaded), region samples of shards."""
+    import json
+
+    import importlib.util
+    from pathlib import Path
+
+    from crop.models.localizer_cmd import count_inputs
+
+    rows = tmp_path / "q.jsonl"
+    rows.write_text("".join(json.dumps({"question_id": i, "image": "missing.png", "text": f"Q{i}?"}) + "\n"
+                            for i in range(5)))
+    assert count_inputs([str(rows)]) == 5
+    spec = importlib.util.spec_from_file_location("tinyshards", Path(__file__).parents[1] / "viz" / "tinyshards.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    info = tiny.make_dataset(tmp_path / "ds", shards=2)
+    assert count_inputs([str(tmp_path / "ds")]) == sum(r["kind"] == "region" for r in info["records"]) > 0
