@@ -118,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     from crop.models.localizer import Localizer
 
+    from crop.models.paths import check_model_source
+
+    check_model_source(args.model, "localizer")  # a typo fails before anything else is read
     total = count_inputs(args.input)
     if args.limit:
         total = args.limit if total is None else min(total, args.limit)
