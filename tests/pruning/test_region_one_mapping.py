@@ -113,3 +113,32 @@ def test_box_token_masks_snap_float_noise():
 
     m = box_token_masks(torch.tensor([[0.0, 0.0, 0.1 + 0.2, 1.0]], dtype=torch.float64), (10, 10))
     assert m[0].any(0).tolist() == [True] * 3 + [False] * 7
+
+
+@FAST
+@given(region=regions(), scale=st.floats(0.05, 20), family=st.sampled_from(["llava_next", "qwen2_vl", "llava"]),
+       hw=st.sampled_from([(10, 19), (19, 10), (12, 12), (7, 30)]), identity=st.booleans())
+def test_kept_count_is_the_plans_count(region, scale, family, hw, identity):
+    """The averaged budget counts kept tokens without building plans; the count must be the plan's
+    (newlines of kept rows included) for every family."""
+    from crop.pruning.average import scale_box
+    from crop.pruning.region_map import kept_count, to_box_norm
+
+    from pruning_tiny import _NEXT_CFG, build_inputs
+
+    x = build_inputs(family, sizes_hw=[hw] if family == "llava_next" else [hw[::-1]] if family == "qwen2_vl" else None)
+    cfg = {"llava_next": _NEXT_CFG, "qwen2_vl": _QWEN_CFG, "llava": _LLAVA_CFG}[family]
+    lay = token_layout(cfg, x)
+    box = scale_box(to_box_norm(region), scale)
+    plan = region_keep_plan(lay, [box], image_sizes_wh=[(hw[1], hw[0])], llava_geometry="pad_square",
+                            whole_is_identity=identity)
+    assert kept_count(lay[0], box, (hw[1], hw[0]), "pad_square", whole_is_identity=identity) == plan.visual_kept[0]
+
+
+def _tiny_cfgs():
+    from pruning_tiny import build_model
+
+    return build_model("qwen2_vl").config, build_model("llava").config
+
+
+_QWEN_CFG, _LLAVA_CFG = _tiny_cfgs()
