@@ -192,3 +192,31 @@ def test_crop_eval_average_budget_reaches_r(method, R, tmp_path_factory, tmp_pat
     # regions stay regions: a wide spread, where the rect mode keeps ~R everywhere
     rect = [r["visual_tokens_kept"] for r in runs["rect"][1]]
     assert statistics.pstdev(kept) > 5 * statistics.pstdev(rect)
+
+
+@pytest.mark.parametrize("family, budget", [("qwen2_vl", 0.5), ("llava_next", 40)])
+def test_average_budget_other_families(family, budget, tiny_qwen_dir, tiny_next_dir, tiny_benchmarks, tmp_path):
+    """The calibration reads each family's own layouts (Qwen2-VL's dynamic grids, LLaVA-NeXT's
+    two views and newlines): what it predicts is what the run keeps, question by question."""
+    from crop.eval.runner import run_eval
+
+    torch.set_num_threads(1)
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text("".join(json.dumps({"key": k, "region_blocks": r}) + "\n"
+                               for k, r in (("q0", [0, 0, 3, 3]), ("q1", [2, 5, 7, 7]))))
+    model_dir = tiny_qwen_dir if family == "qwen2_vl" else tiny_next_dir
+    cfg = EvalConfig.from_dict({
+        "model": {"path": str(model_dir), "family": family, "dtype": "float32", "device": "cpu"},
+        "method": {"name": "ilp", "layer": 1, "budget": budget, "budget_mode": "average", "regions": str(regions)},
+        "output_dir": str(tmp_path / "run"), "score": False,
+        "benchmarks": [dict(tiny_benchmarks["gqa"], max_new_tokens=1)]})
+    run_eval(cfg)
+    report = json.loads((tmp_path / "run" / "gqa" / "budget.json").read_text())
+    rows = read_jsonl(tmp_path / "run" / "gqa" / "efficiency.jsonl")
+    assert report["n_images"] == 2 and report["unit"] == ("share" if isinstance(budget, float) else "tokens")
+    kept = [r["visual_tokens_kept"] for r in rows]
+    assert report["kept_mean"] == pytest.approx(statistics.fmean(kept))
+    if report["unit"] == "share":
+        shares = [r["visual_tokens_kept"] / r["visual_tokens_in"] for r in rows]
+        assert report["achieved_mean"] == pytest.approx(statistics.fmean(shares))
+    assert all(0 < k < r["visual_tokens_in"] for k, r in zip(kept, rows))
