@@ -31,9 +31,9 @@ def relative_scores(scores: Mapping[str, float | None], baseline: Mapping[str, f
 def relacc(scores: Mapping[str, float | None], baseline: Mapping[str, float | None],
            benchmarks: list[str] | None = None) -> float | None:
     """Mean relative score in percent over ``benchmarks`` (default: all shared ones); None if none."""
+    if benchmarks is not None:  # select first: a benchmark left out of the table cannot fail it
+        scores = {b: v for b, v in scores.items() if b in benchmarks}
     rel = relative_scores(scores, baseline)
-    if benchmarks is not None:
-        rel = {b: v for b, v in rel.items() if b in benchmarks}
     if not rel:
         return None
     return 100.0 * sum(rel.values()) / len(rel)

@@ -42,3 +42,12 @@ def test_restricting_benchmarks_and_errors():
     assert relacc({"pope": 1.0}, base) is None
     with pytest.raises(ValueError, match="baseline score of gqa is 0"):
         relacc(row, {"gqa": 0.0})
+
+
+def test_benchmarks_left_out_are_never_divided():
+    """`crop table --benchmarks pope`: a zero baseline on another benchmark must not matter."""
+    from crop.eval.relacc import relacc
+
+    assert relacc({"gqa": 0.0, "pope": 60.0}, {"gqa": 0.0, "pope": 80.0}, ["pope"]) == 75.0
+    with pytest.raises(ValueError, match="baseline score of gqa is 0"):
+        relacc({"gqa": 0.0, "pope": 60.0}, {"gqa": 0.0, "pope": 80.0})
