@@ -17,17 +17,10 @@ from crop.train.localizer import (
     train,
 )
 
+from localizer_tiny import TINY, one_thread  # noqa: F401 (autouse fixture)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64,
-        "vision_depth": 1, "vision_dim": 16, "vision_heads": 1}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("name", ["localizer-qwen2vl-2b.yaml", "localizer-tiny.yaml"])

@@ -22,17 +22,10 @@ from crop.train import run_folder
 from crop.train.localizer import config_from_dict, train
 from crop.train.localizer_config import save_config
 
+from localizer_tiny import TINY, one_thread  # noqa: F401 (autouse fixture)
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64,
-        "vision_depth": 1, "vision_dim": 16, "vision_heads": 1}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cfg(out, **kw):
