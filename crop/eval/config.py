@@ -216,6 +216,8 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["method"]["budget_mode"] == "rect":  # the default, left out: run folders written before
+            del d["method"]["budget_mode"]       # budget_mode existed still resume (same `method`)
         d["benchmarks"] = list(d["benchmarks"])
         d["generation"] = {"do_sample": False, "num_beams": 1}
         return d

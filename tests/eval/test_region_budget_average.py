@@ -108,6 +108,10 @@ def test_config_budget_mode_errors():
         EvalConfig.from_dict({**base, "method": {"name": "ilp", "regions": "r", "budget_mode": "average"}})
     cfg = EvalConfig.from_dict({**base, "method": {"name": "ilp", "regions": "r", "budget": 64, "budget_mode": "average"}})
     assert cfg.label == "m/ilp-R64avg"
+    assert cfg.to_dict()["method"]["budget_mode"] == "average"
+    # the default is left out of config.yaml, so run folders from before budget_mode still resume
+    rect = EvalConfig.from_dict({**base, "method": {"name": "ilp", "regions": "r", "budget": 64}})
+    assert "budget_mode" not in rect.to_dict()["method"] and rect.method.budget_mode == "rect"
 
 
 # ----------------------------------------------------------------------------- crop eval end to end
