@@ -160,6 +160,8 @@ class MethodConfig:
             raise ConfigError(f"method plc exists for family llava (LLaVA-1.5) only, got model.family {family!r}")
         if self.name == "plc" and budget is not None:
             raise ConfigError("method.budget does not apply to plc (its token count is fixed by the PLC weights)")
+        if self.name == "none":
+            budget = None  # the unpruned model keeps every token (`--method none` on a pruning config)
         if self.budget_mode not in BUDGET_MODES:
             raise ConfigError(f"method.budget_mode must be one of {BUDGET_MODES}, got {self.budget_mode!r}")
         if self.budget_mode == "average" and budget is None and self.name in AVERAGE_METHODS:

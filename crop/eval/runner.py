@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=parse_budget,
                         help="override method.budget: visual tokens kept (R), or a share such as 0.5 / 33.3%%")
     parser.add_argument("--layer", type=int, help="override method.layer (pruning layer K)")
+    parser.add_argument("--budget-mode", choices=("rect", "average"),
+                        help="override method.budget_mode: rect (~R per image) or average (mean R over the run)")
     parser.add_argument("--no-score", action="store_true", help="write answers only")
 
 
@@ -167,7 +169,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     summary_path = out / SUMMARY
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update({"label": cfg.label, "model": cfg.model.name, "family": cfg.model.family,
-                    "method": cfg.method.name, "budget": cfg.method.budget, "layer": cfg.method.layer,
+                    "method": cfg.method.name, "budget": cfg.method.budget, "budget_mode": cfg.method.budget_mode,
+                    "layer": cfg.method.layer,
                     "section": cfg.section})
     summary.setdefault("benchmarks", {})
     from crop.eval.engine import Engine

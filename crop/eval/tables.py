@@ -74,7 +74,7 @@ def incomplete_reason(entry: dict) -> str | None:
 
 
 def default_section(budget: int | float | None, method: str | None = None,
-                    kept_mean: float | None = None) -> str:
+                    kept_mean: float | None = None, budget_mode: str | None = None) -> str:
     """The section of a run without an explicit ``section``.
 
     No budget means all tokens only for the unpruned baseline. A method with a fixed token count of
@@ -86,9 +86,10 @@ def default_section(budget: int | float | None, method: str | None = None,
         if method in (None, "", "none") or kept_mean is None:
             return "All Tokens"
         return f"Retain ~{kept_mean:.0f} Tokens"
+    averaged = "Averaged " if budget_mode == "average" else ""  # the paper's "Retain Averaged R Tokens"
     if isinstance(budget, float):
-        return f"Retain {100 * budget:.4g}% Tokens"
-    return f"Retain {budget} Tokens"
+        return f"Retain {averaged}{100 * budget:.4g}% Tokens"
+    return f"Retain {averaged}{budget} Tokens"
 
 
 def _kept_mean(entries: dict) -> float | None:
@@ -120,7 +121,7 @@ def load_row(run_dir: str | Path) -> Row:
     scores = {b: e.get("score") for b, e in entries.items()}
     incomplete = {b: why for b, e in entries.items() if (why := incomplete_reason(e)) is not None}
     kept = _kept_mean(entries)
-    section = s.get("section") or default_section(s.get("budget"), s.get("method"), kept)
+    section = s.get("section") or default_section(s.get("budget"), s.get("method"), kept, s.get("budget_mode"))
     return Row(label=s.get("label") or Path(run_dir).name, section=section, scores=scores,
                model=s.get("model") or "", path=str(run_dir), incomplete=incomplete,
                budget=s.get("budget"), kept_mean=kept)

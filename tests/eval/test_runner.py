@@ -88,6 +88,9 @@ def test_config_errors_name_the_field(patch, message):
 def test_shipped_eval_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg.benchmarks and cfg.label and cfg.output_dir
+    if path.name == "eval-tiny.yaml":  # the generated demo (crop/eval/tiny.py): GQA + POPE only
+        assert {b.name for b in cfg.benchmarks} == {"gqa", "pope"}
+        return
     six = {"gqa", "mme", "textvqa", "scienceqa", "vqav2", "pope"}
     # Table 7 (Qwen2-VL) has no VQAv2 column and budgets are shares of each image's tokens
     assert {b.name for b in cfg.benchmarks} == (six - {"vqav2"} if cfg.model.family == "qwen2_vl" else six)
@@ -125,3 +128,22 @@ def test_cli_overrides_rederive_default_labels_only():
     assert named.label == "FastV"                            # an explicit label is kept
     with pytest.raises(SystemExit):
         parser.parse_args(["--config", "x", "--budget", "lots"])
+
+
+def test_method_none_drops_the_budget_and_budget_mode_flag_applies(tmp_path):
+    """`crop eval --config <pruning config> --method none` is the unpruned baseline: no budget in
+    its label or table section; `--budget-mode average` reaches the config."""
+    import argparse
+
+    from crop.eval.config import apply_overrides
+    from crop.eval.runner import add_arguments
+
+    cfg = EvalConfig.from_dict({"model": {"path": "m", "name": "m"},
+                                "method": {"name": "ilp", "budget": 64, "regions": "r.jsonl"},
+                                "benchmarks": [{"name": "gqa", "question_file": "q.jsonl"}]}).validated()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    none = apply_overrides(cfg, parser.parse_args(["--config", "x", "--method", "none"]))
+    assert none.method.budget is None and none.label == "m/none"
+    avg = apply_overrides(cfg, parser.parse_args(["--config", "x", "--budget-mode", "average"]))
+    assert avg.method.budget_mode == "average" and avg.method.budget == 64

@@ -146,3 +146,13 @@ def test_plc_run_sits_with_its_token_count_not_under_all_tokens(tmp_path):
     assert "| CROP-PLC | **60.3** |" in md and "| LLaVA-1.5 | 61.9 |" in md  # compared within its section
     alone = build_rows([plc], base, B6)  # no budget section to join: its own, from the kept count
     assert [r.section for r in alone] == ["All Tokens", "Retain ~68 Tokens"]
+
+
+def test_average_budget_runs_are_named_as_the_paper_names_them(tmp_path):
+    base = _auto_run(tmp_path, "base", "none", None, 576.0, [61.9, 1862, 58.2, 69.5, 78.5, 85.9])
+    d = tmp_path / "avg"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"label": "avg", "method": "ilp", "budget": 64, "budget_mode": "average",
+                                                "benchmarks": {"gqa": {"score": 59.0, "complete": True}}}))
+    rows = build_rows([str(d)], base, B6)
+    assert rows[1].section == "Retain Averaged 64 Tokens"
