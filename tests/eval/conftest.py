@@ -9,19 +9,7 @@ import json
 
 import pytest
 
-SUFFIX = "Answer the question using a single word or phrase."
-
-
-def byte_tokenizer(specials, **tokens):
-    """256 byte symbols + ``specials`` (added special tokens); ``tokens``: bos/eos/pad names."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=list(specials), **tokens)
+from crop.eval.tiny import SUFFIX, byte_tokenizer  # one byte-level tokenizer builder for tests and the demo
 
 
 def _tiny_clip_llama(tok) -> dict:
