@@ -77,6 +77,25 @@ def test_cli_help_stays_light():
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("command", sorted(__import__("crop.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_help_stays_light(command):
+    """`crop <command> --help` answers without importing torch, transformers, Beam or datasets
+    (a new user's first look costs no multi-second import)."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from crop.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        main([{command!r}, '--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'apache_beam', 'datasets') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]", f"crop {command} --help imported {proc.stdout.strip()}"
+
+
 # ---------------------------------------------------------------------------------------------
 # static scans
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 from crop.eval.prompts import SHORT_ANSWER_SUFFIX
 from crop.models.llava_conversation import IGNORE_INDEX, render_vicuna_v1, tokenize_conversation
 from crop.models.llava_view import padded_for
-from crop.models.plc import PLCConfig
+from crop.models.plc_config import PLCConfig
 from crop.train import run_folder
 
 log = logging.getLogger(__name__)
