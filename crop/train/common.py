@@ -313,14 +313,15 @@ class ProgressLog:
         except ImportError:  # pragma: no cover - tqdm is a dependency
             pass
 
-    def step(self, step: int, loss: float, lr: float, samples: int) -> dict:
+    def step(self, step: int, loss: float, lr: float, samples: int, extra: dict | None = None) -> dict:
+        """Log one optimizer step; ``extra`` fields (e.g. loader counters) join the ``log.jsonl`` row."""
         self.samples += samples
         elapsed = time.perf_counter() - self.t0
         done = step - self.start
         rate = self.samples / elapsed if elapsed > 0 else 0.0
         eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
         row = {"step": step, "loss": round(loss, 6), "lr": lr, "samples_per_s": round(rate, 3),
-               "eta_s": round(eta, 1)}
+               "eta_s": round(eta, 1), **(extra or {})}
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")

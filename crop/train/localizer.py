@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from crop.train import run_folder
+from crop.train import loader_health, run_folder
 
 from crop.train.localizer_ckpt import latest_checkpoint, load_checkpoint, save_checkpoint
 from crop.train.localizer_config import (  # noqa: F401 - re-exported for callers and tests
@@ -209,6 +209,8 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
             f"trainable {trainable:,} frozen {frozen:,}; {acc.distributed_type} x{world} on {acc.device}; "
             f"mixed precision {acc.mixed_precision}")
     collate = LocalizerCollator(loc.encoder)
+    counters = getattr(reader, "counters", None)  # crop.data.safety.Counters of the shard stream
+    start_step = step
     stream = epoch_stream(reader, epoch, pos)
     prepared.train()
     losses: list[float] = []
@@ -251,8 +253,9 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
                 losses.append(mean)
                 rate = seen_log / max(1e-9, now - t_log)
                 eta = (total - step) * global_batch / max(1e-9, rate)
+                loader = _loader_counts(counters, acc)  # summed over ranks
                 rec = {"step": step, "epoch": epoch, "loss": round(mean, 5), "lr": sched.get_last_lr()[0],
-                       "samples_per_s": round(rate, 2), "eta_s": round(eta, 1)}
+                       "samples_per_s": round(rate, 2), "eta_s": round(eta, 1), "loader": loader}
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{rec['lr']:.2e}")
                 if acc.is_main_process:
                     with open(os.path.join(cfg.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
@@ -260,6 +263,13 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
                     if not cfg.progress:
                         log(json.dumps(rec))
                 window, t_log, seen_log = [], now, 0
+                read = (step - start_step) * global_batch
+                try:
+                    loader_health.check(loader, read, cfg.max_failure_fraction,
+                                        getattr(counters, "first", None))
+                except loader_health.LoaderFailureError:
+                    checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step:07d}"))
+                    raise
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step:07d}"))
             if _stop_requested(signals, acc):
@@ -280,8 +290,23 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
         checkpoint(final)
     prepared.eval()
     out = {"steps": step, "final_dir": final, "losses": losses, "wall_s": time.time() - t0,
-           "stream": source, "localizer": loc, "rank": rank, "world": world, "stopped": None}
+           "stream": source, "localizer": loc, "rank": rank, "world": world, "stopped": None,
+           "loader": _loader_counts(counters, acc)}
     return out
+
+
+def _loader_counts(counters, acc) -> dict[str, int]:
+    """Loader failure counters of every rank, summed (kind -> count; ``filled`` = repeats)."""
+    mine = dict(counters.counts) if counters is not None else {}
+    if acc.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    total: dict[str, int] = {}
+    for part in gather_object([mine]):
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def _stop_requested(signals: "run_folder.StopSignals", acc) -> bool:
@@ -324,5 +349,6 @@ def run(args: argparse.Namespace) -> int:
     if out["rank"] != 0:
         return 0
     print(json.dumps({"steps": out["steps"], "final_dir": out["final_dir"], "stream": out["stream"],
-                      "wall_s": round(out["wall_s"], 1), "last_loss": out["losses"][-1] if out["losses"] else None}))
+                      "wall_s": round(out["wall_s"], 1), "last_loss": out["losses"][-1] if out["losses"] else None,
+                      "loader": out["loader"]}))
     return 0

@@ -40,6 +40,7 @@ class LocalizerTrainConfig:
     max_pixels: int = 0
     max_length: int = 2048
     shuffle_buffer: int = 1000  # block size of the shard stream's shuffle (samples)
+    max_failure_fraction: float = 0.001  # stop (after a checkpoint) when more samples fail to load
     seed: int = 0
     log_every: int = 10
     save_every: int = 500  # 0: only the final checkpoint

@@ -51,7 +51,7 @@ from crop.eval.prompts import SHORT_ANSWER_SUFFIX
 from crop.models.llava_conversation import IGNORE_INDEX, render_vicuna_v1, tokenize_conversation
 from crop.models.llava_view import padded_for
 from crop.models.plc_config import PLCConfig
-from crop.train import run_folder
+from crop.train import loader_health, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class DataSection:
     instruction_region: str = "full"
     text_only: str = "feed"  # feed | skip
     max_length: int = 2048  # tokens after expanding <image>; longer samples are skipped
+    max_failure_fraction: float = 0.001  # loader failures allowed (crop.train.loader_health) before the run stops
 
     def __post_init__(self) -> None:
         if self.instruction_region != "full":
@@ -309,6 +310,8 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
     out.mkdir(parents=True, exist_ok=True)
     common.dump_config(cfg, out / "config.yaml")
     source = as_source(samples)
+    loader_counters = getattr(source, "counters", None)  # crop.data.safety.Counters of a shard stream
+    read_here = [0]  # samples read by this process (the loader's counters start at 0 here too)
     if samples_per_epoch is None:
         samples_per_epoch = cfg.data.samples_per_epoch or (len(samples) if hasattr(samples, "__len__") else 0)
     if not samples_per_epoch and not cfg.train.max_steps:
@@ -356,7 +359,15 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
         opt.zero_grad(set_to_none=True)
         step += 1
         last_loss = sum(losses) / len(losses)
-        progress.step(step, last_loss, sched.get_last_lr()[0], n_samples)
+        loader = dict(loader_counters.counts) if loader_counters is not None else {}
+        progress.step(step, last_loss, sched.get_last_lr()[0], n_samples, extra={"loader": loader})
+        read_here[0] += n_samples
+        try:
+            loader_health.check(loader, read_here[0], cfg.data.max_failure_fraction,
+                                getattr(loader_counters, "first", None))
+        except loader_health.LoaderFailureError:
+            save()
+            raise
         if step % cfg.train.save_every == 0 or step == total or signals.requested is not None:
             save()
 
@@ -412,7 +423,8 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
                 "checkpoint": str(common.latest_checkpoint(ckpt_root))}
     if cfg.train.export_final:
         export_final(model, tokenizer, image_processor, out / "final")
-    return {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": None}
+    return {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": None,
+            "loader": dict(loader_counters.counts) if loader_counters is not None else {}}
 
 
 def export_final(model, tokenizer, image_processor, final: Path) -> None:
@@ -481,6 +493,7 @@ def shard_source(shards: Sequence[str], cfg: DataSection) -> tuple[SampleSource,
             stream.load_state_dict(stream.state_dict(batches_seen=skip))
         return stream
 
+    source.counters = stream.counters  # loader failures, for the training log (crop.train.loader_health)
     return source, len(stream)
 
 

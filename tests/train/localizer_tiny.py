@@ -16,3 +16,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def damaged_shards(folder, n=40, bad=6):
+    """Synthetic region shards where ``bad`` samples carry bytes that are not an image."""
+    import io
+    import json
+
+    import webdataset as wds
+
+    from crop.data.synthetic_localization import SyntheticSpec, synthetic_samples
+
+    folder.mkdir(parents=True)
+    with wds.TarWriter(str(folder / "dmg-000000.tar"), mtime=0) as sink:
+        for i, s in enumerate(synthetic_samples(n, seed=4, spec=SyntheticSpec(size=112))):
+            buf = io.BytesIO()
+            s["image"].save(buf, format="PNG")
+            data = b"\x89PNG but not really" * 8 if i < bad else buf.getvalue()
+            sink.write({"__key__": s["json"]["key"], "json": json.dumps(s["json"]).encode(), "png": data})
+    return str(folder)

@@ -310,3 +310,22 @@ def test_one_run_folder_rule_and_stop_signal(tmp_path):
     assert done["stopped"] is None and done["step"] == 6
     steps = [json.loads(r)["step"] for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_loader_failures_reach_the_log_and_stop_the_run(tmp_path):
+    """Damaged shards: every log row carries the loader counters; past max_failure_fraction the
+    run saves a checkpoint and stops with the kinds and the first bad sample named."""
+    from localizer_tiny import damaged_shards
+
+    from crop.train.loader_health import LoaderFailureError
+    from crop.train.plc import shard_source
+
+    shards = damaged_shards(tmp_path / "shards", n=12, bad=3)
+    cfg = tiny_cfg(tmp_path / "run", epochs=1, batch_size=2)
+    source, n = shard_source([shards], cfg.data)
+    model, tok, proc = tiny_model(cfg)
+    with pytest.warns(Warning), pytest.raises(LoaderFailureError, match=r"bad_image \d+ \(first: dmg-000000.tar:"):
+        train(cfg, model, tok, proc, source, n)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["loader"]["bad_image"] >= 1
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*"))

@@ -22,7 +22,7 @@ from crop.train import run_folder
 from crop.train.localizer import config_from_dict, train
 from crop.train.localizer_config import save_config
 
-from localizer_tiny import TINY, one_thread  # noqa: F401 (autouse fixture)
+from localizer_tiny import TINY, damaged_shards, one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,3 +153,33 @@ def test_sigterm_to_a_cli_run_in_a_subprocess(tmp_path):
     assert len(ckpts) == 1 and int(ckpts[0].name.split("-")[1]) >= steps[-1] >= 2
     assert "SIGTERM received" in err and "resume with: crop train-localizer --config" in err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- loader failures
+def test_loader_failures_are_logged_and_stop_the_run_with_a_checkpoint(tmp_path):
+    from crop.train.loader_health import LoaderFailureError
+
+    shards = damaged_shards(tmp_path / "shards")
+    cfg = _cfg(tmp_path / "run", synthetic=0, shards=[shards], save_every=0)
+    with pytest.warns(Warning):  # the stream warns per bad sample as well
+        with pytest.raises(LoaderFailureError, match=r"samples read failed to load .* bad_image \d+ \(first: dmg-000000.tar:"):
+            train(cfg, log=lambda s: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows and rows[0]["loader"]["bad_image"] >= 1
+    assert list((tmp_path / "run").glob("checkpoint-*")), "a checkpoint is saved before stopping"
+    # the same damage under a tolerant threshold: the run finishes and reports the repeats
+    ok = train(_cfg(tmp_path / "run2", synthetic=0, shards=[shards], save_every=0, max_failure_fraction=0.5),
+               log=lambda s: None)
+    assert ok["loader"]["bad_image"] == 6 and ok["loader"]["filled"] == 6
+
+
+def test_failure_rule_counts_failures_not_repeats_and_spares_the_first_sample():
+    from crop.train.loader_health import MIN_SAMPLES, LoaderFailureError, check
+
+    check({"bad_image": 1, "filled": 1}, read=10, max_fraction=0.001)  # 1 <= 0.001 * 1000
+    check({"filled": 500, "ignored_member": 9}, read=10, max_fraction=0.001)  # repeats are not failures
+    with pytest.raises(LoaderFailureError, match="2 of 10 samples"):
+        check({"bad_image": 2}, read=10, max_fraction=0.001)
+    check({"bad_image": 20}, read=20 * MIN_SAMPLES, max_fraction=0.001)
+    with pytest.raises(LoaderFailureError):
+        check({"bad_image": 21, "corrupt_shard": 1}, read=20 * MIN_SAMPLES, max_fraction=0.001)
