@@ -54,7 +54,7 @@ RECIPE = parse_recipe({"name": "fz", "inputs": {"image_root": "/nonexistent"},
 # --------------------------------------------------------------------------- strategies
 SPECIAL_TEXT = ["", " ", "\ud83d", "a\udc00b", "\ud83d\ude00", "<image>", "<image>\n<image>", "\x00", "\x1b[31m",
                 "\u202e", "../../etc/passwd", "/etc/passwd", "gs://other/x.jpg", "a.jpg", "cot/gqa/a.jpg",
-                "human", "gpt", "NaN", "x" * 3000]
+                "human", "gpt", "NaN", "x" * 300]
 SPECIAL_NUMBERS = [0, -1, 1, 2**31 - 1, 2**31, 2**63, -(2**63) - 1, 10**400, 1e308, -0.0,
                    float("inf"), float("-inf"), float("nan"), 5e-324, True, False]
 text = st.one_of(st.sampled_from(SPECIAL_TEXT), st.text(st.characters(exclude_categories=()), max_size=20))
@@ -63,31 +63,8 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.sam
                     text)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
                            | st.dictionaries(text, inner, max_size=4), max_leaves=12)
-box = st.lists(st.one_of(st.floats(-50, 900), st.integers(-50, 900)), min_size=4, max_size=4)
-turn = st.fixed_dictionaries({}, optional={"from": st.one_of(st.sampled_from(["human", "gpt", "system"]), json_values),
-                                           "value": st.one_of(text, st.sampled_from(["<image>\nq", "q\n<image>", "a"]),
-                                                              json_values)})
-conversations = st.one_of(st.lists(turn, max_size=6), json_values)
-
-
-def maybe(good):
-    """Mostly plausible values, often anything at all."""
-    return st.one_of(good, json_values)
-
-
-cot_records = st.fixed_dictionaries({}, optional={
-    "question": maybe(text), "answer": maybe(text), "image": maybe(text),
-    "width": maybe(st.integers(1, 2000)), "height": maybe(st.integers(1, 2000)),
-    "bboxs": maybe(st.lists(maybe(box), max_size=4)), "dataset": maybe(text), "split": json_values,
-    "full_answer": json_values})
-llava_records = st.one_of(json_values, st.fixed_dictionaries({}, optional={
-    "id": maybe(st.one_of(st.integers(), text)), "image": maybe(text), "conversations": conversations,
-    "model": json_values}))
-viscot_llava_records = st.one_of(json_values, st.fixed_dictionaries({}, optional={
-    "dataset": maybe(st.sampled_from(sorted(VISUAL_COT_SOURCES))), "split": json_values,
-    "question_id": maybe(st.integers()),
-    "image": maybe(st.tuples(text, st.one_of(text, box.map(lambda b: "p.jpg###" + json.dumps(b)))).map(list)),
-    "conversations": conversations}))
+box = st.lists(st.one_of(st.floats(-50, 900), st.integers(-50, 900), scalars), min_size=4, max_size=4)
+good_box = st.tuples(st.integers(0, 50), st.integers(0, 50), st.floats(51, 100), st.floats(51, 100)).map(list)
 
 
 def jsonl_line(rec) -> bytes | None:
@@ -95,6 +72,52 @@ def jsonl_line(rec) -> bytes | None:
         return json.dumps(rec, ensure_ascii=True).encode("ascii")  # lone surrogates written as \ud83d escapes
     except (ValueError, RecursionError):  # an int beyond Python's digit limit cannot be written
         return None
+
+
+DROP = object()  # a mutation that removes the field
+
+
+def mutated(base, fields):
+    """Mostly valid records with 0-3 fields replaced by any JSON value or dropped, so that both
+    the early checks and the deep paths (keys, boxes, conversations) meet odd values."""
+    mutation = st.tuples(st.sampled_from(fields), st.one_of(json_values, st.just(DROP)))
+
+    def apply(rec, muts):
+        rec = dict(rec)
+        for name, value in muts:
+            if value is DROP:
+                rec.pop(name, None)
+            else:
+                rec[name] = value
+        return rec
+    return st.builds(apply, base, st.lists(mutation, max_size=3))
+
+
+paths = st.one_of(st.sampled_from(["a.jpg", "cot/gqa/a.jpg", "../x.jpg", "/etc/passwd", "a\x00.jpg", ""]), text)
+cot_records = mutated(st.fixed_dictionaries({
+    "question": text, "answer": text, "image": paths, "width": st.integers(100, 2000),
+    "height": st.integers(100, 2000), "bboxs": st.lists(st.one_of(good_box, good_box, box), min_size=1, max_size=3),
+    "dataset": st.just("gqa")},
+    optional={"full_answer": json_values}),
+    ["question", "answer", "image", "width", "height", "bboxs", "split"])
+roles = st.sampled_from(["human", "gpt"])
+turns = st.lists(st.fixed_dictionaries({"from": roles, "value": st.one_of(
+    text, st.sampled_from(["<image>\nq", "q\n<image>", "a", "<image>"]))}), min_size=0, max_size=6)
+alternating = st.integers(1, 3).flatmap(lambda n: st.tuples(
+    st.sampled_from(["<image>\n", "", "<image>"]), st.lists(text, min_size=2 * n, max_size=2 * n))).map(
+    lambda t: [{"from": "human" if i % 2 == 0 else "gpt", "value": (t[0] if i == 0 else "") + v}
+               for i, v in enumerate(t[1])])
+conversations = st.one_of(alternating, turns, st.lists(st.one_of(json_values, turns.map(lambda t: t[:1])), max_size=3)
+                          .map(lambda ts: [x[0] if isinstance(x, list) and x else x for x in ts]))
+llava_records = st.one_of(json_values, mutated(st.fixed_dictionaries(
+    {"id": st.one_of(st.integers(), text), "conversations": conversations},
+    optional={"image": paths, "model": json_values}), ["id", "image", "conversations"]))
+viscot_llava_records = st.one_of(json_values, mutated(st.fixed_dictionaries({
+    "dataset": st.sampled_from(sorted(VISUAL_COT_SOURCES)), "split": st.just("train"),
+    "question_id": st.one_of(st.integers(), text),
+    "image": st.tuples(paths, st.one_of(text, box.map(lambda b: "p.jpg###" + (jsonl_line(b) or b"[1e999]").decode()))
+                       ).map(list),
+    "conversations": st.one_of(alternating, conversations)}), ["dataset", "question_id", "image", "conversations"]))
 
 
 # --------------------------------------------------------------------------- the property
