@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -186,10 +187,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config), args)
     if args.no_score:
         cfg = dataclasses.replace(cfg, score=False)
+    print(f"crop eval: {cfg.label} ({cfg.model.name}, method {cfg.method.name}) on "
+          f"{', '.join(b.name for b in cfg.benchmarks)} -> {cfg.output_dir}", file=sys.stderr)
     summary = run_eval(cfg)
     for name, entry in summary["benchmarks"].items():
         shown = f"{entry['score']:.2f}" if "score" in entry else entry.get("score_skipped", "not scored")
         if "score" in entry and not entry.get("complete"):
             shown += f" (incomplete: {entry.get('coverage')})"
         print(f"{summary['label']}\t{name}\t{shown}")
+    print(f"crop eval: answers, scores and summary.json in {cfg.output_dir}", file=sys.stderr)
     return 0

@@ -43,3 +43,18 @@ def test_eval_tiny_header_commands_run(tmp_path, monkeypatch, capsys):
         assert none["benchmarks"][bench]["efficiency"]["visual_tokens_kept_mean"] == 64
         assert 4 <= kept <= 16  # R = 8: the budget rectangle around each question's region
     assert "| tiny-llava/ilp-R8 |" in capsys.readouterr().out
+
+
+def test_eval_says_where_it_reads_and_writes(tmp_path, monkeypatch, capsys):
+    from crop.eval.tiny import write_tiny_eval
+
+    (tmp_path / "configs").mkdir()
+    shutil.copy(ROOT / "configs" / "eval-tiny.yaml", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    write_tiny_eval()
+    capsys.readouterr()
+    assert main(["eval", "--config", "configs/eval-tiny.yaml", "--limit", "1"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    first = next(ln for ln in err if ln.startswith("crop eval:"))
+    assert first == "crop eval: tiny-llava/ilp-R8 (tiny-llava, method ilp) on gqa, pope -> runs/eval-tiny/ilp"
+    assert err[-1] == "crop eval: answers, scores and summary.json in runs/eval-tiny/ilp"
