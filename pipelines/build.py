@@ -431,6 +431,10 @@ class WriteShardFn(beam.DoFn):
 
         def finalized(fetched) -> Iterator:
             for c, (rel, data) in zip(cands, fetched):
+                if isinstance(rel, OSError):
+                    # An I/O failure (network, disk) says nothing about the record: fail the bundle
+                    # so that the runner retries it, rather than publish a reject for a good record.
+                    raise rel
                 try:
                     if isinstance(rel, BaseException):
                         raise rel

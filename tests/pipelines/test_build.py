@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import tarfile
 
 import pytest
@@ -44,7 +45,7 @@ def test_demo_outputs_follow_the_contract(demo_build):
         contract.validate(rec)
     assert len(records) == manifest["totals"]["samples"] > 0
     assert {r["reason"] for r in rejects} == ALL_REASONS  # the demo has one of each
-    assert not any("0x" in r["detail"] for r in rejects)  # no memory address (it differs between runs)
+    assert not any(re.search("0x[0-9a-fA-F]{6,}", r["detail"]) for r in rejects)  # no memory address
     written = {rec["image"] for _, rec in records.values()}
     assert "cot/gqa/trailer.jpg" in written  # a JPEG with 6000 bytes after its end marker is valid
     t = manifest["totals"]

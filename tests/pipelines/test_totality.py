@@ -111,3 +111,19 @@ def test_summary_line_is_red_on_a_terminal_only():
     assert internal_error_line(stats).startswith("  INTERNAL ERRORS: 3 record(s)")
     assert internal_error_line(stats, color=True).startswith("\033[31m")
     assert internal_error_line({"rejected_by_reason": {"gqa": {"missing_image": 1}}}) is None
+
+
+def test_an_io_error_reading_an_image_fails_the_build_not_the_record(tmp_path, monkeypatch):
+    """A flaky disk or network says nothing about the record: the bundle fails (runners retry
+    it) instead of publishing an internal_error reject for a good record."""
+    import errno
+
+    from pipelines import images
+
+    def eio(self, rel, path):
+        raise OSError(errno.EIO, "simulated I/O error", rel)
+
+    monkeypatch.setattr(images.ImageRoot, "_read_local", eio)
+    with pytest.raises(Exception, match="simulated I/O error"):
+        run(["--recipe", _corpus(tmp_path), "--output", str(tmp_path / "out"), "--log-level", "CRITICAL"])
+    assert not (tmp_path / "out" / "manifest.json").exists()
