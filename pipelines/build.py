@@ -465,18 +465,35 @@ class WriteShardFn(beam.DoFn):
         return pending, stats
 
 
+INPUT_FIELD = {"cot_jsonl": "visual_cot_dir", "viscot_llava": "visual_cot_llava_json", "llava_json": "llava_json"}
+
+
 def checksum(spec: tuple[str, str, str]) -> dict:
+    """Size and sha256 of one input file, named relative to its recipe input (``input`` is the
+    ``recipe.inputs`` field, ``path`` the file name inside it): published files carry no path of
+    the machine that built them."""
     h, n = hashlib.sha256(), 0
     with FileSystems.open(spec[2], compression_type="uncompressed") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
             n += len(chunk)
-    return {"path": spec[2], "bytes": n, "sha256": h.hexdigest()}
+    return {"input": INPUT_FIELD[spec[0]], "path": posixpath.basename(spec[2]), "bytes": n, "sha256": h.hexdigest()}
 
 
-def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read, selection, inputs):
+def published_recipe(recipe: Recipe, with_input_roots: bool = True) -> dict:
+    """The recipe as ``manifest.json`` states it: the input roots once (or null with
+    ``--omit-input-roots``); the card shows it without them."""
+    d = recipe.to_dict()
+    if not with_input_roots:
+        d["inputs"] = {k: None for k in d.get("inputs", {})}
+    return d
+
+
+def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read, selection, inputs,
+                  publish_input_roots: bool = True):
     manifest, stats, all_rejects = summary.build_outputs(
-        name=recipe.name, recipe=recipe.to_dict(), shard_stats=shard_stats, rejects=rejects,
+        name=recipe.name, recipe=published_recipe(recipe, publish_input_roots), shard_stats=shard_stats,
+        rejects=rejects,
         read=dict(read), selection={s: {k: v[k] for k in ("selected", "available", "capped", "wanted")}
                                     for s, v in selection.items()},
         inputs=inputs)
@@ -485,15 +502,17 @@ def write_outputs(_, *, recipe: Recipe, out_dir: str, shard_stats, rejects, read
     io_.write_json(io_.join(out_dir, "stats.json"), stats)
     from crop.data.card import CARD_NAME, render_card  # written through Beam's FileSystems, not fsspec
 
-    io_.atomic_write(io_.join(out_dir, CARD_NAME), render_card(manifest, stats, recipe.to_dict()).encode("utf-8"))
+    io_.atomic_write(io_.join(out_dir, CARD_NAME), render_card(manifest, stats, manifest["recipe"]).encode("utf-8"))
     io_.write_json(io_.join(out_dir, "manifest.json"), manifest)  # last: the build is complete
     return manifest["totals"]["samples"]
 
 
 # --------------------------------------------------------------------------- graph
-def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error: bool = False) -> None:
+def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error: bool = False,
+          publish_input_roots: bool = True) -> None:
     """The graph. ``fail_on_internal_error``: an exception escaping a record's processing fails
-    the job at once (CI, tests); otherwise it is an ``internal_error`` reject (see ``ParseFn``)."""
+    the job at once (CI, tests); otherwise it is an ``internal_error`` reject (see ``ParseFn``).
+    ``publish_input_roots``: False leaves the input folders' paths out of ``manifest.json``."""
     specs = list_inputs(recipe)
     files = p | "Inputs" >> beam.Create(specs)
     read = files | "Read" >> beam.ParDo(ReadFn()).with_outputs(READ_COUNTS, main="records")
@@ -522,7 +541,7 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error
        | "WriteOutputs" >> beam.Map(write_outputs, recipe=recipe, out_dir=out_dir,
                                     shard_stats=AsList(shard_stats), rejects=AsList(rejects),
                                     read=AsList(read_counts), selection=beam.pvalue.AsDict(selection),
-                                    inputs=AsList(inputs)))
+                                    inputs=AsList(inputs), publish_input_roots=publish_input_roots))
 
 
 def progress_counters(result) -> dict[str, int]:

@@ -52,8 +52,62 @@ def parse_args(argv: list[str] | None):
                    help="fail the job at the first record whose processing raises an unexpected exception (CI, "
                         "debugging); by default such a record becomes an internal_error reject, the build "
                         "finishes, and the command exits with status 1 at the end")
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_known_args(argv)
+    p.add_argument("--max-reject-fraction", type=_fraction, default=None,
+                   help="fail the build when more than this share of a source's records is rejected (default: "
+                        "the recipe's reject_limits.max_fraction, 0.5; a wrong --image-root rejects nearly "
+                        "everything); above reject_limits.warn_fraction (0.1) a warning")
+    p.add_argument("--omit-input-roots", action="store_true",
+                   help="leave the input folders' own paths out of manifest.json too (published files then "
+                        "name inputs only relative to their roots)")
+    p.add_argument("--log-level", default="INFO", help="log level of the crop.build logger (default INFO)")
+    args, rest = p.parse_known_args(argv)
+    check_beam_args(rest, [o for a in p._actions for o in a.option_strings])
+    return args, rest
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def check_beam_args(beam_args: list[str], own_flags: list[str]) -> None:
+    """Refuse flags neither this driver nor any Beam option class knows, and unknown runners.
+
+    Everything our parser does not know goes to Beam, so a misspelt flag of ours (``--recipie``)
+    would otherwise be dropped by Beam with a log line and the demo built instead. Beam's own
+    option parser (all ``PipelineOptions`` classes, obtained through ``get_all_options``'s
+    ``add_extra_args_fn`` hook) decides what is a Beam flag."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    captured: list = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=captured.append)
+    beam_parser = captured[0]
+    known, unknown = beam_parser.parse_known_args(beam_args)
+    beam_flags = [o for a in beam_parser._actions for o in a.option_strings]
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("-"):
+            raise SystemExit(f"error: unexpected argument {arg!r} (flags take the form --name VALUE)")
+        close = difflib.get_close_matches(name, own_flags + beam_flags, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SystemExit(f"error: unknown flag {name}{hint} (python beam_runner.py --help lists this "
+                         "driver's flags; Beam's pipeline options are accepted too)")
+    runner = getattr(known, "runner", None)
+    if runner and "." not in runner:  # a dotted name is a runner class path: Beam imports it
+        names = {path.rsplit(".", 1)[-1] for path in StandardOptions.ALL_KNOWN_RUNNERS}
+        lowered = {n.lower() for n in names}
+        if runner.lower() not in lowered and runner.lower() + "runner" not in lowered:
+            choices = sorted(names | {"Direct"})
+            close = difflib.get_close_matches(runner, choices, n=1)
+            raise SystemExit(f"error: unknown runner {runner!r}" + (f"; did you mean {close[0]}?" if close else "")
+                             + f" (known: {', '.join(choices)})")
 
 
 DIRECT_RUNNERS = ("Direct", "DirectRunner", "direct")
@@ -129,13 +183,44 @@ def _quiet_beam_import_notice(record: logging.LogRecord) -> bool:
     return not (record.name == "root" and str(record.msg).startswith("apitools not found"))
 
 
+def check_reject_rates(stats: dict, max_fraction: float, log, warn_fraction: float = 0.1) -> None:
+    """Fail (``SystemExit``) when a source's rejected share exceeds ``max_fraction``; warn above
+    ``warn_fraction``. A wrong ``--image-root`` or a misread format rejects most records: "built"
+    with a handful of samples is a failure, and the top reasons say why. The outputs stay in place
+    (they are complete and reconcile) for the user to inspect."""
+    from collections import Counter
+
+    read, rejected = stats.get("read", {}), stats.get("rejected_by_reason", {})
+    failing, warned = [], []
+    for source in sorted(read):
+        n, reasons = read[source], Counter(rejected.get(source, {}))
+        bad = sum(reasons.values())
+        if not n or not bad:
+            continue
+        share = bad / n
+        top = ", ".join(f"{r} {c}" for r, c in reasons.most_common(3))
+        line = f"{source}: {bad} of {n} records rejected ({share:.0%}; {top})"
+        if share > max_fraction:
+            failing.append(line)
+        elif share > warn_fraction:
+            warned.append(line)
+    for line in warned:
+        log.warning("high reject rate: %s", line)
+    if failing:
+        more = f"; and {len(failing) - 3} more source(s)" if len(failing) > 3 else ""
+        raise SystemExit(f"error: reject rate above --max-reject-fraction {max_fraction:g}: " + "; ".join(failing[:3])
+                         + more + " (see rejects.jsonl; a wrong --image-root rejects every image as missing_image)")
+
+
 def run(argv: list[str] | None = None) -> dict:
     """Run the build; returns the manifest. Raises on any failure (including reconciliation), and
     ``SystemExit`` (status 1) after a finished build in which any record hit an internal error."""
-    args, beam_args = parse_args(argv)
+    # logging first: parsing the flags imports Beam, whose import-time notice would otherwise
+    # configure the root logger itself (and print the notice)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("crop").setLevel(args.log_level)
     logging.getLogger().addFilter(_quiet_beam_import_notice)
+    args, beam_args = parse_args(argv)
+    logging.getLogger("crop").setLevel(args.log_level)
 
     import apache_beam as beam
 
@@ -154,7 +239,8 @@ def run(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     p = beam.Pipeline(runner=offline_direct_runner(opts), options=opts)
-    build.build(p, recipe, out_dir, fail_on_internal_error=args.fail_on_internal_error)
+    build.build(p, recipe, out_dir, fail_on_internal_error=args.fail_on_internal_error,
+                publish_input_roots=not args.omit_input_roots)
     result = p.run()
     result.wait_until_finish()
     seconds = time.perf_counter() - t0
@@ -166,6 +252,8 @@ def run(argv: list[str] | None = None) -> dict:
     manifest = json.loads(read_bytes(join(out_dir, "manifest.json")))
     stats = json.loads(read_bytes(join(out_dir, "stats.json")))
     print(summary.human_summary(manifest, stats, seconds, color=sys.stderr.isatty()), file=sys.stderr)
+    max_fraction = recipe.max_reject_fraction if args.max_reject_fraction is None else args.max_reject_fraction
+    check_reject_rates(stats, max_fraction, log, min(recipe.warn_reject_fraction, max_fraction))
     n_internal = summary.internal_error_count(stats)
     if n_internal:  # every output is written and reconciles; the exit status still says a bug was hit
         raise SystemExit(f"error: {n_internal} record(s) hit an internal error (reason internal_error in "

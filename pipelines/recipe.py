@@ -91,6 +91,8 @@ class Recipe:
     multi_box: str = "union"
     image_check: str = "header"
     strict_caps: bool = False
+    max_reject_fraction: float = 0.5   # a source rejecting more fails the build (wrong image root, format)
+    warn_reject_fraction: float = 0.1  # above this a source's reject rate is a warning
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), sort_keys=True))
@@ -151,7 +153,7 @@ def _path(v: Any, base: str, where: str) -> str | None:
 def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
     """Validate a recipe mapping (already parsed YAML) into a :class:`Recipe`."""
     top = {"name", "inputs", "sources", "llava", "seed", "grid_size", "shards", "template",
-           "multi_box", "image_check", "strict_caps", "notes"}
+           "multi_box", "image_check", "strict_caps", "reject_limits", "notes"}
     d = _check_keys(data, top, "recipe")
     name = _req(d, "name", "recipe")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
@@ -199,12 +201,24 @@ def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
     if not isinstance(strict, bool):
         raise RecipeError(f"recipe.strict_caps: must be true or false, got {strict!r}")
     grid = _int(d.get("grid_size", 8), "recipe.grid_size", 1)
+    limits = _check_keys(d.get("reject_limits", {}), {"max_fraction", "warn_fraction"}, "recipe.reject_limits")
+    max_rej = _share(limits.get("max_fraction", 0.5), "recipe.reject_limits.max_fraction")
+    warn_rej = _share(limits.get("warn_fraction", min(0.1, max_rej)), "recipe.reject_limits.warn_fraction")
+    if warn_rej > max_rej:
+        raise RecipeError(f"recipe.reject_limits: warn_fraction {warn_rej} is above max_fraction {max_rej}")
     return Recipe(
         name=name, inputs=inputs, sources=sources, llava=llava,
         seed=_int(d.get("seed", 0), "recipe.seed", 0), grid_size=grid, shard_name=shard_name,
         shard_max_samples=_int(shards.get("max_samples", 4000), "recipe.shards.max_samples", 1),
         trailing_period=trailing, multi_box=multi_box, image_check=image_check, strict_caps=strict,
+        max_reject_fraction=max_rej, warn_reject_fraction=warn_rej,
     )
+
+
+def _share(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise RecipeError(f"{where}: must be a number between 0 and 1, got {value!r}")
+    return float(value)
 
 
 VISUAL_COT_INPUTS = ("visual_cot_dir", "visual_cot_llava_json")  # alternatives: one per recipe

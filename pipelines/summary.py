@@ -125,7 +125,7 @@ def build_outputs(*, name: str, recipe: Mapping, shard_stats: list[Mapping], rej
             "read": _sorted_counts(read),
         },
         "recipe": dict(recipe),
-        "inputs": sorted(inputs, key=lambda i: i["path"]),
+        "inputs": sorted(inputs, key=lambda i: (i["input"], i["path"])),
     }
     stats = {
         "schema_version": SCHEMA_VERSION,

@@ -172,6 +172,15 @@ def _field_rows() -> list[list[str]]:
             for name, prop in doc["properties"].items()]
 
 
+def _without_input_roots(recipe: Mapping) -> dict:
+    """The recipe as the card shows it: which inputs were set, not where they lay on the machine
+    that built the dataset (``manifest.json`` keeps the roots once, unless ``--omit-input-roots``)."""
+    shown = dict(recipe)
+    if isinstance(shown.get("inputs"), Mapping):
+        shown["inputs"] = {k: ("set" if v else None) for k, v in shown["inputs"].items()}
+    return shown
+
+
 def render_card(manifest: Mapping, stats: Mapping, recipe: Mapping) -> str:
     """The whole card text: YAML front matter plus the markdown body."""
     front = yaml.safe_dump(card_front_matter(manifest, stats, recipe), sort_keys=False, allow_unicode=True)
@@ -216,9 +225,10 @@ def render_card(manifest: Mapping, stats: Mapping, recipe: Mapping) -> str:
         f"The image is referenced by `{IMAGE_TOKEN}` in the first human turn.", "",
         "## Recipe", "",
         f"Recipe `{recipe.get('name', name)}`, seed {recipe.get('seed')}, grid {grid}x{grid}, "
-        f"{len(manifest.get('inputs', []))} input files (paths, sizes and sha256 in `manifest.json`).", "",
-        "```yaml\n" + yaml.safe_dump(json.loads(json.dumps(recipe, default=str)), sort_keys=False,
-                                     allow_unicode=True).rstrip() + "\n```", "",
+        f"{len(manifest.get('inputs', []))} input files (names relative to their input, sizes and sha256 "
+        "in `manifest.json`; the input folders are not part of the card).", "",
+        "```yaml\n" + yaml.safe_dump(json.loads(json.dumps(_without_input_roots(recipe), default=str)),
+                                     sort_keys=False, allow_unicode=True).rstrip() + "\n```", "",
         "## Sources", "",
         _table(["source", "read", "written", "share", "cap", "capped", "shortfall", "rejected"],
                source_rows(stats, recipe)), "",

@@ -359,12 +359,14 @@ def test_source_without_any_valid_record_reports_its_shortfall(demo_corpus_copy,
     text = open(recipe_path).read().replace("  vsr: {}", "  vsr: {cap: 3}")
     assert "vsr: {cap: 3}" in text
     open(recipe_path, "w").write(text)
-    run(["--recipe", recipe_path, "--output", str(tmp_path / "o"), "--log-level", "WARNING"])
-    stats = json.load(open(tmp_path / "o" / "stats.json"))
+    with pytest.raises(SystemExit, match=r"vsr: 2 of 2 records rejected \(100%"):  # every vsr record bad
+        run(["--recipe", recipe_path, "--output", str(tmp_path / "o"), "--log-level", "WARNING"])
+    stats = json.load(open(tmp_path / "o" / "stats.json"))  # written and complete all the same
     assert stats["shortfall"]["vsr"] == 3 and stats["read"]["vsr"] == 2
     open(recipe_path, "w").write(text.replace("v7w: {cap: 100}", "v7w: {}") + "strict_caps: true\n")
     with pytest.raises(Exception, match="cap for vsr is 3 but only 0 valid records"):
-        run(["--recipe", recipe_path, "--output", str(tmp_path / "strict"), "--log-level", "WARNING"])
+        run(["--recipe", recipe_path, "--output", str(tmp_path / "strict"), "--log-level", "WARNING",
+             "--max-reject-fraction", "1"])
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_build(tmp_path):

@@ -142,7 +142,8 @@ def test_build_with_hostile_paths_finishes_and_never_opens_outside_the_root(tree
     monkeypatch.setattr(builtins, "open", watch_open)
     monkeypatch.setattr(os, "open", watch_os_open)
     out = tmp / "out"
-    manifest = run(["--recipe", recipe, "--output", str(out), "--log-level", "WARNING", "--fail-on-internal-error"])
+    manifest = run(["--recipe", recipe, "--output", str(out), "--log-level", "WARNING", "--fail-on-internal-error",
+                    "--max-reject-fraction", "1"])  # hostile on purpose: most records are rejects
     monkeypatch.undo()
 
     assert secret not in opened and not any(p.endswith("fifo.jpg") for p in opened)

@@ -46,6 +46,9 @@ def test_relative_paths_resolve_against_recipe_folder():
     ({"llava": {"count": 5}}, "recipe.llava.count: use 'cap'"),
     ({"colour": "red"}, "recipe: unknown field(s) ['colour']"),
     ({"inputs": {"visual_cot_dir": "a", "visual_cot_llava_json": "b"}}, "not both"),
+    ({"reject_limits": {"max_fraction": 1.5}}, "recipe.reject_limits.max_fraction: must be a number between 0 and 1"),
+    ({"reject_limits": {"max_fraction": 0.2, "warn_fraction": 0.3}}, "warn_fraction 0.3 is above max_fraction 0.2"),
+    ({"reject_limits": {"max": 0.2}}, "recipe.reject_limits: unknown field(s) ['max']"),
 ], ids=lambda v: str(v)[:40])
 def test_errors_name_the_field(patch, message):
     data = {**MINIMAL, **patch}

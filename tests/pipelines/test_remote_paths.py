@@ -83,10 +83,13 @@ def test_remote_build_is_byte_identical_to_local(remote, demo_build):
             assert data == _localize(local[name], local_out, remote["out"]), f"{name} differs from the local build"
     manifest = remote["manifest"]
     assert manifest["shards"] == local_manifest["shards"] and manifest["totals"] == local_manifest["totals"]
-    # The input checksums name the memtest objects, and hash their bytes.
-    assert [i["path"] for i in manifest["inputs"]] == sorted(
-        [REMOTE_CORPUS + "/llava/llava_v1_5_mix665k.json"]
-        + [f"{REMOTE_CORPUS}/viscot/{metadata_file_names(s)[0]}" for s in manifest["recipe"]["sources"]])
+    # The input checksums name each file relative to its recipe input (the roots are stated once,
+    # in recipe.inputs), and hash the memtest objects' bytes.
+    assert manifest["recipe"]["inputs"]["visual_cot_dir"] == REMOTE_CORPUS + "/viscot"
+    assert [(i["input"], i["path"]) for i in manifest["inputs"]] == sorted(
+        [("llava_json", "llava_v1_5_mix665k.json")]
+        + [("visual_cot_dir", metadata_file_names(s)[0]) for s in manifest["recipe"]["sources"]])
+    assert manifest["inputs"] == local_manifest["inputs"]  # same files, same bytes, wherever they live
     rejects = [json.loads(line) for line in objects["rejects.jsonl"].decode().splitlines()]
     missing = [r for r in rejects if r["reason"] == "missing_image"]
     # Details name image paths relative to the image root: the same bytes for any root, and no

@@ -136,7 +136,7 @@ def make_dataset(folder, shards: int = 2, with_card: bool = False) -> dict:
                    "rejected": {s: sum(c.values()) for s, c in rejected.items()},
                    "read": stats["read"]},
         "recipe": recipe,
-        "inputs": [{"path": "metadata/textvqa_cot_train.jsonl", "bytes": 10, "sha256": "0" * 64}],
+        "inputs": [{"input": "visual_cot_dir", "path": "textvqa_cot_train.jsonl", "bytes": 10, "sha256": "0" * 64}],
     }
     validate(manifest, "manifest")
     with open(os.path.join(folder, "manifest.json"), "w") as f:
