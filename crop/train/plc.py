@@ -167,6 +167,8 @@ def conversation_turns(record: dict, has_image: bool, cfg: DataSection) -> list[
             or not isinstance(c.get("value"), str) for i, c in enumerate(conv)):
         return "bad_conversation"
     turns = [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
+    if any("<image>" in g for _, g in turns):
+        return "image_tag_in_answer"  # it would be tokenized as image placeholders the model must fill
     n_tags = sum(h.count("<image>") for h, _ in turns)
     if not has_image:
         return "image_missing" if n_tags else turns

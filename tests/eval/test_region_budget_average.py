@@ -120,7 +120,7 @@ def _tiny_llava_24(path):
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    from conftest import byte_tokenizer
+    from crop.eval.tiny import byte_tokenizer
 
     tok = byte_tokenizer(["<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(0)
