@@ -19,6 +19,7 @@ over all shards, with per-source offsets, so every shard holds every source in p
 from __future__ import annotations
 
 import bisect
+import decimal
 import hashlib
 import json
 import logging
@@ -97,11 +98,25 @@ def read_input(spec: tuple[str, str, str]) -> Iterator[tuple[str, str, int, obje
     with FileSystems.open(path) as f:
         i = 0
         try:
-            for i, obj in enumerate(ijson.items(f, "item", use_float=True)):
+            # no use_float: with it, yajl's C backend fails the whole file on an integer beyond 64
+            # bits; without it, ints stay exact and floats come as Decimal, made float here
+            for i, obj in enumerate(ijson.items(f, "item")):
+                obj = _plain_numbers(obj)
                 source = viscot_llava_source(obj, VISUAL_COT_SOURCES) if fmt == "viscot_llava" else tag
                 yield source, name, i + 1, obj
         except ijson.JSONError as e:
             raise ValueError(f"{path}: not a valid JSON list near element {i + 2}: {e}") from None
+
+
+def _plain_numbers(obj):
+    """ijson's Decimal -> float, recursively (records are small; ints and strings untouched)."""
+    if isinstance(obj, dict):
+        return {k: _plain_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain_numbers(v) for v in obj]
+    if isinstance(obj, decimal.Decimal):
+        return float(obj)
+    return obj
 
 
 READ_COUNTS = "read_counts"

@@ -127,3 +127,15 @@ def test_an_io_error_reading_an_image_fails_the_build_not_the_record(tmp_path, m
     with pytest.raises(Exception, match="simulated I/O error"):
         run(["--recipe", _corpus(tmp_path), "--output", str(tmp_path / "out"), "--log-level", "CRITICAL"])
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_an_integer_beyond_64_bits_in_the_llava_json_is_one_reject_not_a_dead_file(tmp_path):
+    """ijson's C backend with use_float=True stopped the whole file at such an integer."""
+    from pipelines.build import read_input
+
+    items = [{"id": 2 ** 80, "image": "x.jpg", "conversations": []}, {"id": "ok", "score": 0.5, "conversations": []}]
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps(items))
+    got = list(read_input(("llava_json", "llava", str(path))))
+    assert [g[3]["id"] for g in got] == [2 ** 80, "ok"]
+    assert isinstance(got[1][3]["score"], float)  # Decimal made float
