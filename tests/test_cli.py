@@ -79,3 +79,32 @@ def test_multiline_user_error_is_folded_to_one_line(monkeypatch, capsys):
     _fake_command(monkeypatch, ValueError("config.yaml: unknown field 'lrr'\n  did you mean 'lr'?"))
     assert main(["fake"]) == 2
     assert capsys.readouterr().err == "crop fake: error: config.yaml: unknown field 'lrr' did you mean 'lr'? (--debug shows the traceback)\n"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_option_has_help(name):
+    """`crop <command> --help` explains every option (a new user's only documentation at hand)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"crop {name}")
+    module.add_arguments(parser)
+    bare = [a.option_strings or [a.dest] for a in parser._actions
+            if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not bare, f"crop {name}: options without help: {bare}"
+
+
+def test_beam_runner_options_have_help():
+    import contextlib
+    import io
+
+    from pipelines.main import parse_args
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_args(["--help"])
+    lines = out.getvalue().splitlines()
+    flags = [ln.strip() for ln in lines if ln.startswith("  --")]
+    # an option whose help is on its own line is followed by an indented help line
+    for i, ln in enumerate(lines):
+        if ln.startswith("  --") and len(ln.split()) == 1:
+            assert lines[i + 1].startswith(" " * 10), f"{ln.strip()} has no help"
+    assert flags

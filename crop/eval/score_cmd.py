@@ -26,10 +26,14 @@ from crop.eval.scorers import SCORERS, BenchmarkFiles, score_answer_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benchmark", choices=sorted(SCORERS))
+    parser.add_argument("benchmark", choices=sorted(SCORERS), help="which official scoring rules to apply")
     parser.add_argument("answers", help="answer file (JSONL: question_id, prompt, text, ...)")
     helps = {"question-file": "LLaVA question file: POPE's categories; VQAv2: the evaluated questions "
-                              "(default: every annotated one) and the --submission coverage"}
+                              "(default: every annotated one) and the --submission coverage",
+             "annotation-file": "TextVQA_0.5.1_val.json, GQA testdev_balanced_questions.json or VQAv2 annotations",
+             "annotation-dir": "POPE: the folder of coco_pope_{random,popular,adversarial}.json",
+             "base-dir": "ScienceQA: the folder holding problems.json and pid_splits.json",
+             "mme-root": "MME: MME_Benchmark_release_version (the per-subtask ground-truth files)"}
     for flag in ("question-file", "annotation-file", "annotation-dir", "base-dir", "mme-root"):
         parser.add_argument(f"--{flag}", help=helps.get(flag))
     parser.add_argument("--split", default="test", help="ScienceQA split of pid_splits.json")

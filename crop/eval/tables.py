@@ -311,8 +311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "several put the models side by side")
     parser.add_argument("--by-model", action="store_true", help="model column groups even with one baseline")
     parser.add_argument("--baseline-name", help="row name of the baselines in a side-by-side table")
-    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
-    parser.add_argument("--decimals", type=int, default=1)
+    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS),
+                        help="columns, in order (default: the paper's six); RelAcc is taken over these")
+    parser.add_argument("--decimals", type=int, default=1, help="decimals of the scores (default 1; MME is an integer)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="compute RelAcc even from incomplete cells (partial or duplicated answers); marked †")
     parser.add_argument("--md", help="write Markdown here (default: print it)")

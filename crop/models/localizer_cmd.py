@@ -28,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                             "question file name, e.g. llava_pope_test.jsonl -> pope), so the "
                                             "regions of several benchmarks can share one file")
     parser.add_argument("--output", required=True, help="output JSONL path")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per localizer call (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=12,
+                        help="generation length; 'x0 y0 x1 y1.' needs ~9 tokens (default 12)")
     parser.add_argument("--limit", type=int, default=0, help="stop after this many samples (0 = all)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
 def question_rows(path: str) -> Iterator[dict]:
