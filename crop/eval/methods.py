@@ -177,10 +177,11 @@ def method_plc(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
     """LLaVA-1.5 + PLC: the prompt's ``<image>`` becomes the PLC token count (68 at 7B shapes)."""
     import torch
 
-    from crop.models.llava_plc import context_masks, expand_image_tokens, view_of
+    from crop.models.llava_plc import context_masks, expand_image_tokens
+    from crop.models.llava_view import plc_view
 
     plc, fe = engine.model, engine.frontend  # LlavaPLC
-    view = "pad" if fe.padded else view_of(fe.image_processor)
+    view = plc_view(fe.image_processor, fe.padded)  # the same rule crop train-plc uses
     mask = context_masks([ctx["region"]], [ctx["size_wh"]], view, plc.grid_hw,  # ILP's mapping: (1, R*C)
                          tile_px=plc.tile_px).to(engine.device)
     ids = fe.tokenizer(ctx["prompt"], return_tensors=None)["input_ids"]

@@ -43,6 +43,11 @@ def test_eval_tiny_header_commands_run(tmp_path, monkeypatch, capsys):
         assert none["benchmarks"][bench]["efficiency"]["visual_tokens_kept_mean"] == 64
         assert 4 <= kept <= 16  # R = 8: the budget rectangle around each question's region
     assert "| tiny-llava/ilp-R8 |" in capsys.readouterr().out
+    # docs/eval.md's "Output folder" names every file a run writes
+    doc = (ROOT / "docs" / "eval.md").read_text()
+    layout = doc.split("- Output folder:", 1)[1].split("\n- ", 1)[0]
+    written = {p.name for p in (tmp_path / "runs/eval-tiny/ilp").rglob("*") if p.is_file()}
+    assert written and all(f"`{name}`" in layout or f"/{name}`" in layout for name in written), (written, layout)
 
 
 def test_eval_says_where_it_reads_and_writes(tmp_path, monkeypatch, capsys):
