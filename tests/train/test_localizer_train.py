@@ -200,3 +200,31 @@ def test_docs_shard_training_commands_run(tmp_path, monkeypatch):
     argv = [a.replace("shards/demo", str(shards)).replace("runs/loc-demo", str(tmp_path / "run")) for a in train_argv[1:]]
     assert main(argv) == 0
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_localizer_export_drives_crop_eval_in_process(tmp_path, monkeypatch):
+    """The trainer's `final/` folder is what `method.localizer` loads in crop eval: a tiny run's
+    export predicts the regions of a tiny ILP evaluation end to end (issue 22's round trip)."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from crop.cli import main
+    from crop.eval.tiny import write_tiny_eval
+
+    run = train(_cfg(tmp_path, synthetic=16, max_steps=2), log=lambda s: None)
+    final = Path(run["final_dir"])
+    assert (final / "config.json").is_file() and (final / "preprocessor_config.json").is_file()
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    write_tiny_eval("tiny")
+    cfg = yaml.safe_load((root / "configs" / "eval-tiny.yaml").read_text().replace("runs/eval-tiny", "tiny"))
+    cfg["method"].pop("regions")
+    cfg["method"]["localizer"] = str(final)
+    cfg["output_dir"] = "out"
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", "eval.yaml", "--limit", "2"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "gqa" / "efficiency.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0 < r["visual_tokens_kept"] < r["visual_tokens_in"] for r in rows)
+    shutil.rmtree(tmp_path / "tiny")
