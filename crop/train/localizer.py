@@ -96,9 +96,34 @@ def make_accelerator(cfg: LocalizerTrainConfig):
     # cpu=True on a machine without CUDA: accelerate then runs several launched processes as
     # MULTI_CPU over gloo instead of ignoring the launcher's ranks
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
+                       log_with=tracker_spec(cfg), project_dir=cfg.output_dir,
                        cpu=not torch.cuda.is_available(),
                        step_scheduler_with_optimizer=False,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused)])
+
+
+def tracker_spec(cfg: LocalizerTrainConfig):
+    """``log_with`` for the Accelerator: the configured tracker when its package is installed,
+    else None with one warning (tracking is never required to train)."""
+    if cfg.log_with == "none":
+        return None
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[cfg.log_with]()
+    if not available:
+        import warnings
+
+        warnings.warn(f"log_with={cfg.log_with!r}: the {cfg.log_with} package is not installed "
+                      f"(pip install {cfg.log_with}); training goes on without it", stacklevel=2)
+        return None
+    return cfg.log_with
+
+
+def _tracker_values(rec: dict) -> dict:
+    """A log row as tracker values: numbers only, loader counters as ``loader/<kind>``."""
+    out = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update({f"loader/{k}": v for k, v in (rec.get("loader") or {}).items()})
+    return out
 
 
 def _check_deepspeed(acc, cfg: LocalizerTrainConfig) -> None:
@@ -208,6 +233,11 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
         log(f"data: {source}; {per_epoch} samples/epoch, {total} steps of {global_batch} samples; "
             f"trainable {trainable:,} frozen {frozen:,}; {acc.distributed_type} x{world} on {acc.device}; "
             f"mixed precision {acc.mixed_precision}")
+    if acc.log_with:
+        from dataclasses import asdict
+
+        acc.init_trackers("crop-localizer", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                                                    for k, v in asdict(cfg).items()})
     collate = LocalizerCollator(loc.encoder)
     counters = getattr(reader, "counters", None)  # crop.data.safety.Counters of the shard stream
     start_step = step
@@ -257,6 +287,8 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
                 rec = {"step": step, "epoch": epoch, "loss": round(mean, 5), "lr": sched.get_last_lr()[0],
                        "samples_per_s": round(rate, 2), "eta_s": round(eta, 1), "loader": loader}
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{rec['lr']:.2e}")
+                if acc.log_with:
+                    acc.log(_tracker_values(rec), step=step)
                 if acc.is_main_process:
                     with open(os.path.join(cfg.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -277,6 +309,8 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
                 break
     finally:
         signals.__exit__()
+        if acc.log_with:
+            acc.end_training()
     bar.close()
     if stopped is not None:
         path = os.path.join(cfg.output_dir, f"checkpoint-{step:07d}")

@@ -48,9 +48,11 @@ class LocalizerTrainConfig:
     resume: str = ""  # "" / "auto": continue a run of this config in output_dir (crop.train.run_folder) | a checkpoint folder
     ddp_find_unused: bool = True  # text-only batches leave the merger unused
     progress: bool = True
+    log_with: str = "none"  # none | tensorboard | wandb: accelerate's tracker, used when installed
 
     def __post_init__(self) -> None:
-        choices = {"scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32")}
+        choices = {"scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32"),
+                   "log_with": ("none", "tensorboard", "wandb")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name!r}: {getattr(self, name)!r} not in {allowed}")

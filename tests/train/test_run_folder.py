@@ -183,3 +183,45 @@ def test_failure_rule_counts_failures_not_repeats_and_spares_the_first_sample():
     check({"bad_image": 20}, read=20 * MIN_SAMPLES, max_fraction=0.001)
     with pytest.raises(LoaderFailureError):
         check({"bad_image": 21, "corrupt_shard": 1}, read=20 * MIN_SAMPLES, max_fraction=0.001)
+
+
+def test_log_rows_reach_the_configured_tracker_and_a_missing_one_only_warns(tmp_path, monkeypatch):
+    """`log_with` goes through accelerate's tracker API: the config at start, every log row (numbers,
+    loader counters as loader/<kind>) at its step, finish at the end. A tracker whose package is
+    not installed is a warning, never a failed run."""
+    from accelerate.tracking import GeneralTracker
+
+    from crop.train import localizer as trainer
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recorder", False, True
+        seen: dict = {"config": None, "rows": [], "finished": False}
+
+        def __init__(self):
+            super().__init__()
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            Recorder.seen["config"] = values
+
+        def log(self, values, step=None, **kwargs):
+            Recorder.seen["rows"].append((step, values))
+
+        def finish(self):
+            Recorder.seen["finished"] = True
+
+    monkeypatch.setattr(trainer, "tracker_spec", lambda cfg: [Recorder()])
+    train(_cfg(tmp_path / "run", max_steps=3, save_every=0, log_with="tensorboard"), log=lambda s: None)
+    seen = Recorder.seen
+    assert seen["config"]["lr"] == 2e-3 and seen["finished"]
+    assert [s for s, _ in seen["rows"]] == [1, 2, 3] and {"loss", "lr"} <= set(seen["rows"][0][1])
+    monkeypatch.undo()
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    with pytest.warns(UserWarning, match="log_with='tensorboard': the tensorboard package is not installed"):
+        out = train(_cfg(tmp_path / "run2", max_steps=1, save_every=0, log_with="tensorboard"), log=lambda s: None)
+    assert out["steps"] == 1
