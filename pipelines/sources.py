@@ -19,6 +19,7 @@ import reprlib
 from typing import Any, Sequence
 
 from crop.contract import make_key
+from crop.data.safety import clean_text  # one owner for publishable error text (re-exported here)
 from crop.geometry import boxes as gboxes
 from crop.geometry.regions import box_px_to_region
 
@@ -51,17 +52,6 @@ class Rejected(Exception):
         self.stage, self.reason, self.detail = stage, reason, detail
 
 
-_ADDRESS = re.compile(r" (?:object )?at 0x[0-9A-Fa-f]+")
-
-
-def clean_text(text: str, limit: int = 500) -> str:
-    """Text safe to publish and to encode: no memory addresses (``<_io.BytesIO object at 0x7f..>``
-    differs between runs), lone surrogates written as ``\\udXXX`` escapes, at most ``limit``
-    characters."""
-    text = _ADDRESS.sub("", text)
-    if _SURROGATE.search(text):
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text[:limit]
 
 
 def reject_record(source: str, file: str, line: int | None, id_: str | None, err: Rejected) -> dict:

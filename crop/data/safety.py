@@ -90,6 +90,20 @@ class Counters:
         return f"Counters({dict(self.counts)})"
 
 
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9A-Fa-f]+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str, limit: int = 500) -> str:
+    """Text safe to publish, log and encode: no memory addresses (``<_io.BytesIO object at 0x7f..>``
+    differs between runs), lone surrogates written as ``\\udXXX`` escapes, at most ``limit``
+    characters. Used for reject details (the pipeline) and loader warnings alike."""
+    text = _ADDRESS.sub("", text)
+    if _LONE_SURROGATE.search(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:limit]
+
+
 class ErrorPolicy:
     """Decides what a failure does: count + warn (``"skip"``) or raise (``"raise"``)."""
 
@@ -106,7 +120,7 @@ class ErrorPolicy:
         seen = self.counters.bump(kind, where, n)
         if kind in INFO_KINDS:
             return
-        msg = f"{where}: {kind}: {exc}"
+        msg = f"{where}: {kind}: {clean_text(str(exc))}"
         if self.on_error == "raise":
             if isinstance(exc, BaseException):
                 raise ShardReadError(msg) from exc
