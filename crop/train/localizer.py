@@ -326,6 +326,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
     out = {"steps": step, "final_dir": final, "losses": losses, "wall_s": time.time() - t0,
            "stream": source, "localizer": loc, "rank": rank, "world": world, "stopped": None,
            "loader": _loader_counts(counters, acc)}
+    acc.wait_for_everyone()  # every rank leaves train() together (the caller may tear the group down)
     return out
 
 
@@ -355,6 +356,15 @@ def _stop_requested(signals: "run_folder.StopSignals", acc) -> bool:
 
 # ------------------------------------------------------------------------------------ CLI
 
+def _leave_process_group() -> None:
+    """Under ``accelerate launch``, tear the process group down before the interpreter exits (a rank
+    exiting while another still holds a gloo group can abort it)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (configs/localizer-*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -374,7 +384,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
-    out = train(cfg, log=lambda s: print(s, file=sys.stderr), overwrite=args.overwrite)
+    try:
+        out = train(cfg, log=lambda s: print(s, file=sys.stderr), overwrite=args.overwrite)
+    finally:
+        _leave_process_group()
     if out["stopped"] is not None:
         if out["rank"] == 0:
             print(f"stopped by {signal.Signals(out['stopped']).name} at step {out['steps']}; checkpoint "

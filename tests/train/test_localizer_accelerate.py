@@ -121,6 +121,11 @@ sd = {k: v.contiguous() for k, v in res["localizer"].model.state_dict().items()}
 save_file(sd, os.path.join(out, "w%d.safetensors" % res["rank"]))
 with open(os.path.join(out, "r%d.json" % res["rank"]), "w") as f:
     json.dump({"world": res["world"], "steps": res["steps"], "seen": seen}, f)
+# leave the gloo group together: a rank exiting while the other still holds the group can abort
+# it ("terminate called without an active exception"), seen once under CI load
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 """
 
 
