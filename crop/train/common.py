@@ -252,8 +252,9 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         dump_config(config, tmp / "config.yaml")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(root.glob("step-[0-9]*[0-9]"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    from crop.train.run_folder import prune_checkpoints  # the one retention rule of both trainers
+
+    prune_checkpoints(sorted(root.glob("step-[0-9]*[0-9]")), keep)
     return final
 
 
