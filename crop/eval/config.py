@@ -29,8 +29,14 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl")
-METHOD_NAMES = ("none", "ilp", "center", "random", "prune", "fastv", "plc")
-REGION_METHODS = ("ilp", "center", "random", "prune", "plc")
+from crop.pruning.registry import METHODS as _REGISTRY  # torch-free
+
+# crop eval's own adapters (crop.eval.methods) first, then every other method of the one registry
+EVAL_ADAPTERS = ("none", "ilp", "center", "random", "prune", "fastv", "plc")
+METHOD_NAMES = EVAL_ADAPTERS + tuple(n for n in _REGISTRY if n not in EVAL_ADAPTERS)
+REGION_METHODS = ("ilp", "center", "random", "prune", "plc") + tuple(
+    n for n, s in _REGISTRY.items() if s.needs_region and n not in EVAL_ADAPTERS)
+BUDGET_METHODS = ("fastv",) + tuple(n for n, s in _REGISTRY.items() if s.needs_budget and n not in EVAL_ADAPTERS)
 BUDGET_MODES = ("rect", "average")
 AVERAGE_METHODS = ("ilp", "center", "random", "prune")  # methods whose kept count follows the region
 DEFAULT_MAX_NEW_TOKENS = {"scienceqa": 1024}  # LLaVA's model_vqa_science.py; 128 elsewhere
@@ -145,15 +151,18 @@ class MethodConfig:
     budget_mode: str = "rect"        # rect: ~R per image | average: regions scaled so the mean is R
     regions: str | None = None       # JSONL of {"key", "region_blocks"|"region"} (localizer output, GT)
     localizer: str | None = None     # localizer folder, used when no regions file is given
-    seed: int = 0                    # method "random"
+    seed: int = 0                    # method "random" (and seeded registry methods, e.g. random_tokens)
+    options: dict = dataclasses.field(default_factory=dict)  # method-specific settings (docs/baselines.md)
 
     def validate(self, family: str = "llava") -> "MethodConfig":
         if self.name not in METHOD_NAMES:
             raise ConfigError(f"method.name must be one of {METHOD_NAMES}, got {self.name!r}")
         _check_int(self.layer, "method.layer", 0)
         budget = parse_budget(self.budget)
-        if self.name == "fastv" and budget is None:
-            raise ConfigError("method.budget is required for fastv")
+        if self.name in BUDGET_METHODS and budget is None:
+            raise ConfigError(f"method.budget is required for {self.name}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"method.options must be a mapping, got {type(self.options).__name__}")
         if self.name in REGION_METHODS and not (self.regions or self.localizer):
             raise ConfigError(f"method {self.name} needs method.regions (JSONL) or method.localizer (folder)")
         if self.name == "plc" and family != "llava":

@@ -1,4 +1,5 @@
-"""Method adapters for ``crop eval``: none, ILP (+ centre / random regions), prune, FastV, PLC.
+"""Method adapters for ``crop eval``: none, ILP (+ centre / random regions), prune, FastV, PLC, and
+every other method of :mod:`crop.pruning.registry` through one generic adapter (:func:`method_registry`).
 
 Every adapter has the signature ``(engine, inputs, ctx) -> (output_ids, info)``:
 
@@ -208,6 +209,36 @@ def method_random(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]
     return out, {**info, "region_used": list(region)}
 
 
-METHODS: dict[str, Callable[["Engine", dict, dict], tuple[Any, dict]]] = {
+def method_registry(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
+    """Any method of the one registry (:mod:`crop.pruning.registry`) at batch size 1."""
+    from crop.pruning import token_layout
+    from crop.pruning.registry import PruneRequest, get_method
+
+    m = engine.cfg.method
+    spec = get_method(m.name)
+    layout = token_layout(engine.model, inputs)[0]
+    req = PruneRequest(budget=resolve_budget(m.budget, layout), layer=m.layer,
+                       regions=None if ctx.get("region") is None else [ctx["region"]],
+                       image_sizes_wh=[ctx["size_wh"]], llava_geometry=engine.frontend.llava_geometry,
+                       seed=m.seed, keys=[ctx["key"]], options=dict(m.options), processor=engine.frontend)
+    with spec.load()(engine.model, inputs, req) as run:
+        out = engine.generate(run.inputs)
+    info = dict(run.rows()[0])
+    if not run.output_has_prompt:
+        info["output_has_prompt"] = False
+    return out, info
+
+
+class _Methods(dict):
+    """crop eval's own adapters; any other name resolves to the registry's generic adapter."""
+
+    def __missing__(self, name: str) -> Callable[["Engine", dict, dict], tuple[Any, dict]]:
+        from crop.pruning.registry import get_method
+
+        get_method(name)  # KeyError naming the known methods
+        return method_registry
+
+
+METHODS: dict[str, Callable[["Engine", dict, dict], tuple[Any, dict]]] = _Methods({
     "none": method_none, "ilp": method_ilp, "center": method_center, "random": method_random,
-    "prune": method_prune, "fastv": method_fastv, "plc": method_plc}
+    "prune": method_prune, "fastv": method_fastv, "plc": method_plc})

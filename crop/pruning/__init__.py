@@ -14,17 +14,39 @@ Public surface::
     prune_inputs(model, processor_outputs, plan) -> dict     ("prune": removed before the LLM)
     center_region(region), random_region(region, seed)      (Table 10 baselines)
 
+Methods as plug-ins: crop.pruning.registry (one registry for crop eval, benchmarks, lmms-eval).
 See docs/pruning.md for the rules (geometry, budget rectangle, batches, errors).
 """
 
-from crop.pruning.baselines import center_region, random_region
-from crop.pruning.fastv import FastVHandle, attach_fastv
-from crop.pruning.layout import SampleLayout, ViewGrid, token_layout
-from crop.pruning.plugin import PruneHandle, attach_ilp
-from crop.pruning.prune import prune_inputs
-from crop.pruning.average import AverageSample, ScaleChoice, calibrate_scale, scale_box
-from crop.pruning.region_map import (KeepPlan, budget_rect, content_mask, keep_all_plan, llava_geometry_of,
-                                     llava_region_mask, region_keep_plan, view_keep_mask)
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562) so that torch-free modules such as crop.pruning.registry and
+# crop.pruning.average can be imported without torch (``crop --help``, config validation).
+_EXPORTS = {
+    "center_region": "baselines", "random_region": "baselines",
+    "FastVHandle": "fastv", "attach_fastv": "fastv",
+    "SampleLayout": "layout", "ViewGrid": "layout", "token_layout": "layout",
+    "PruneHandle": "plugin", "attach_ilp": "plugin",
+    "prune_inputs": "prune",
+    "AverageSample": "average", "ScaleChoice": "average", "calibrate_scale": "average", "scale_box": "average",
+    "KeepPlan": "region_map", "budget_rect": "region_map", "content_mask": "region_map",
+    "keep_all_plan": "region_map", "llava_geometry_of": "region_map", "llava_region_mask": "region_map",
+    "region_keep_plan": "region_map", "view_keep_mask": "region_map",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'crop.pruning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"crop.pruning.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AverageSample",

@@ -1,0 +1,1 @@
+"""Pruning methods as registry plug-ins (one module each; registered in :mod:`crop.pruning.registry`)."""
