@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from crop.train import loader_health, run_folder
+from crop.train import accel, loader_health, run_folder
 
 from crop.train.localizer_ckpt import latest_checkpoint, load_checkpoint, save_checkpoint
 from crop.train.localizer_config import (  # noqa: F401 - re-exported for callers and tests
@@ -65,97 +65,32 @@ def freeze_vision(model, train_merger: bool = True) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------- train
 
-def mixed_precision(precision: str) -> str:
-    """Config ``precision`` -> accelerate's ``mixed_precision``: auto = bf16 on a CUDA device that has it."""
-    import torch
-
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"bf16": "bf16", "fp32": "no"}[precision]
+from crop.train.accel import mixed_precision  # noqa: E402,F401 - re-exported (tests, callers)
 
 
 def make_accelerator(cfg: LocalizerTrainConfig):
-    """The ``Accelerator`` for ``cfg``; DDP / FSDP / DeepSpeed and the process count come from
-    ``accelerate launch --config_file configs/accelerate-*.yaml`` (environment), the rest from ``cfg``.
+    """The ``Accelerator`` for ``cfg`` (:func:`crop.train.accel.make_accelerator`, shared with train-plc)."""
+    from crop.train import accel
 
-    The scheduler is stepped by the loop (once per optimizer step), not by accelerate, whose
-    default would step it once per process.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    mp = mixed_precision(cfg.precision)
-    state = AcceleratorState._shared_state
-    if state and state.get("num_processes", 1) == 1 and state.get("_mixed_precision") != mp:
-        # a second single-process run in this interpreter with another precision (tests, notebooks)
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-    import torch
-
-    # cpu=True on a machine without CUDA: accelerate then runs several launched processes as
-    # MULTI_CPU over gloo instead of ignoring the launcher's ranks
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
-                       log_with=tracker_spec(cfg), project_dir=cfg.output_dir,
-                       cpu=not torch.cuda.is_available(),
-                       step_scheduler_with_optimizer=False,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused)])
-
-
-def tracker_spec(cfg: LocalizerTrainConfig):
-    """``log_with`` for the Accelerator: the configured tracker when its package is installed,
-    else None with one warning (tracking is never required to train)."""
-    if cfg.log_with == "none":
-        return None
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[cfg.log_with]()
-    if not available:
-        import warnings
-
-        warnings.warn(f"log_with={cfg.log_with!r}: the {cfg.log_with} package is not installed "
-                      f"(pip install {cfg.log_with}); training goes on without it", stacklevel=2)
-        return None
-    return cfg.log_with
-
-
-def _tracker_values(rec: dict) -> dict:
-    """A log row as tracker values: numbers only, loader counters as ``loader/<kind>``."""
-    out = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out.update({f"loader/{k}": v for k, v in (rec.get("loader") or {}).items()})
-    return out
+    return accel.make_accelerator(precision=cfg.precision, grad_accum=cfg.grad_accum, log_with=cfg.log_with,
+                                  project_dir=cfg.output_dir, find_unused=cfg.ddp_find_unused)
 
 
 def _check_deepspeed(acc, cfg: LocalizerTrainConfig) -> None:
-    """DeepSpeed takes batch size, accumulation and clipping from its own config: they must agree."""
-    ds = acc.state.deepspeed_plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = cfg.batch_size  # no prepared DataLoader to infer it from
-    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * acc.num_processes
-    for key, want in (("gradient_accumulation_steps", cfg.grad_accum), ("gradient_clipping", cfg.max_grad_norm)):
-        if ds.get(key, "auto") == "auto":
-            ds[key] = want
-        elif float(ds[key]) != float(want):
-            raise ValueError(f"DeepSpeed config {key}={ds[key]} but trainer config says {want}; make them equal")
+    from crop.train import accel
+
+    accel.check_deepspeed(acc, cfg.batch_size, cfg.grad_accum, cfg.max_grad_norm)
 
 
 def _run_folder_mode(cfg: LocalizerTrainConfig, acc, overwrite: bool) -> str:
     """``crop.train.run_folder``'s rule, decided by the main process and shared with every rank."""
     from dataclasses import asdict
 
-    decision = [None]
-    if acc.is_main_process:
-        try:
-            decision = [run_folder.prepare(cfg.output_dir, asdict(cfg), overwrite=overwrite,
-                                           has_checkpoint=_has_checkpoint)]
-        except run_folder.RunFolderError as e:
-            decision = [f"error:{e}"]
-    if acc.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
+    from crop.train import accel
 
-        broadcast_object_list(decision)
-    if decision[0].startswith("error:"):
-        raise run_folder.RunFolderError(decision[0][len("error:"):])
-    return decision[0]
+    return accel.decide_on_main(acc, lambda: run_folder.prepare(cfg.output_dir, asdict(cfg), overwrite=overwrite,
+                                                                has_checkpoint=_has_checkpoint),
+                                run_folder.RunFolderError)
 
 
 def _newest_checkpoint(folder) -> str:
@@ -236,8 +171,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
     if acc.log_with:
         from dataclasses import asdict
 
-        acc.init_trackers("crop-localizer", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-                                                    for k, v in asdict(cfg).items()})
+        acc.init_trackers("crop-localizer", config=accel.tracker_config(asdict(cfg)))
     collate = LocalizerCollator(loc.encoder)
     counters = getattr(reader, "counters", None)  # crop.data.safety.Counters of the shard stream
     start_step = step
@@ -288,7 +222,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
                        "samples_per_s": round(rate, 2), "eta_s": round(eta, 1), "loader": loader}
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{rec['lr']:.2e}")
                 if acc.log_with:
-                    acc.log(_tracker_values(rec), step=step)
+                    acc.log(accel.tracker_values(rec), step=step)
                 if acc.is_main_process:
                     with open(os.path.join(cfg.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -304,7 +238,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
                     raise
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step:07d}"))
-            if _stop_requested(signals, acc):
+            if accel.stop_requested(signals, acc):
                 stopped = signals.requested or signal.SIGTERM
                 break
     finally:
@@ -332,38 +266,12 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
 
 def _loader_counts(counters, acc) -> dict[str, int]:
     """Loader failure counters of every rank, summed (kind -> count; ``filled`` = repeats)."""
-    mine = dict(counters.counts) if counters is not None else {}
-    if acc.num_processes == 1:
-        return mine
-    from accelerate.utils import gather_object
+    from crop.train import accel
 
-    total: dict[str, int] = {}
-    for part in gather_object([mine]):
-        for k, v in part.items():
-            total[k] = total.get(k, 0) + v
-    return total
-
-
-def _stop_requested(signals: "run_folder.StopSignals", acc) -> bool:
-    """Whether any rank got a stop signal (agreed by all ranks: a checkpoint is a collective)."""
-    flag = signals.requested is not None
-    if acc.num_processes == 1:
-        return flag
-    import torch
-
-    return bool(acc.reduce(torch.tensor(float(flag), device=acc.device), "sum").item() > 0)
+    return accel.summed_counts(dict(counters.counts) if counters is not None else {}, acc)
 
 
 # ------------------------------------------------------------------------------------ CLI
-
-def _leave_process_group() -> None:
-    """Under ``accelerate launch``, tear the process group down before the interpreter exits (a rank
-    exiting while another still holds a gloo group can abort it)."""
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (configs/localizer-*.yaml)")
@@ -387,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = train(cfg, log=lambda s: print(s, file=sys.stderr), overwrite=args.overwrite)
     finally:
-        _leave_process_group()
+        accel.leave_process_group()
     if out["stopped"] is not None:
         if out["rank"] == 0:
             print(f"stopped by {signal.Signals(out['stopped']).name} at step {out['steps']}; checkpoint "

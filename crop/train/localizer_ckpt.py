@@ -32,44 +32,8 @@ import os
 import shutil
 from typing import Any
 
+from crop.train import accel
 from crop.train.localizer_config import LocalizerTrainConfig, save_config
-
-
-def _mode(accelerator: Any) -> str:
-    """"plain" (one process or DDP: full replicas), "fsdp" or "deepspeed"."""
-    kind = str(getattr(accelerator, "distributed_type", "NO")).rsplit(".", 1)[-1]
-    return {"FSDP": "fsdp", "DEEPSPEED": "deepspeed"}.get(kind, "plain")
-
-
-def _raw(opt: Any) -> Any:
-    return getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer wraps the torch one
-
-
-def _param_names(model: Any, opt: Any) -> list[str]:
-    """Names of the optimizer's parameters in its own order (the index a state dict uses)."""
-    by_id = {id(p): n for n, p in model.named_parameters()}
-    return [by_id[id(p)] for g in _raw(opt).param_groups for p in g["params"]]
-
-
-def _full_state(accelerator: Any, prepared: Any, model: Any, opt: Any) -> tuple[dict, dict | None]:
-    """Full weights and name-keyed optimizer state ``{"state": {name: {slot: v}}, "param_groups"}``."""
-    import torch
-
-    mode = _mode(accelerator)
-    if mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return (get_model_state_dict(prepared, options=options),
-                get_optimizer_state_dict(prepared, _raw(opt), options=options))
-    if mode == "deepspeed":
-        return accelerator.get_state_dict(prepared), None
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    sd = _raw(opt).state_dict()
-    names = _param_names(model, opt)
-    groups = [dict(g, params=[names[i] for i in g["params"]]) for g in sd["param_groups"]]
-    return weights, {"state": {names[i]: st for i, st in sd["state"].items()}, "param_groups": groups}
 
 
 def save_checkpoint(path: str, loc: Any, opt: Any, sched: Any, position: dict,
@@ -79,12 +43,11 @@ def save_checkpoint(path: str, loc: Any, opt: Any, sched: Any, position: dict,
     Call on every rank; ``prepared`` is the model ``accelerator.prepare`` returned (default
     ``loc.model``). Only the main process (or a call without an accelerator) writes.
     """
-    import torch
     from safetensors.torch import save_file
 
     from crop.train.common import rng_state
 
-    weights, osd = _full_state(accelerator, prepared if prepared is not None else loc.model, loc.model, opt)
+    weights, osd = accel.full_state(accelerator, prepared if prepared is not None else loc.model, loc.model, opt)
     if accelerator is not None and not accelerator.is_main_process:
         return
     tmp = path + ".tmp"
@@ -93,16 +56,7 @@ def save_checkpoint(path: str, loc: Any, opt: Any, sched: Any, position: dict,
     loc.encoder.tokenizer.save_pretrained(tmp)
     loc.encoder.image_processor.save_pretrained(tmp)
     if osd is not None:
-        tensors, meta = {}, {"param_groups": osd["param_groups"], "state": {}}
-        for name, st in osd["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"{name}.{k}"] = v.detach().contiguous().cpu()
-                else:
-                    meta["state"].setdefault(name, {})[k] = v
-        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-        with open(os.path.join(tmp, "optimizer.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f)
+        accel.write_optimizer(tmp, osd)
     with open(os.path.join(tmp, "scheduler.json"), "w", encoding="utf-8") as f:
         # lr_lambdas holds None for plain functions: the schedule is rebuilt from the config
         json.dump(sched.state_dict(), f)
@@ -115,18 +69,6 @@ def save_checkpoint(path: str, loc: Any, opt: Any, sched: Any, position: dict,
     os.replace(tmp, path)
 
 
-def _read_optimizer(path: str) -> dict:
-    from safetensors.torch import load_file
-
-    with open(os.path.join(path, "optimizer.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    state: dict = {k: dict(v) for k, v in meta["state"].items()}
-    for key, t in load_file(os.path.join(path, "optimizer.safetensors")).items():
-        name, _, slot = key.rpartition(".")  # slot names (step, exp_avg, ...) hold no dot
-        state.setdefault(name, {})[slot] = t
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def load_checkpoint(path: str, model: Any, opt: Any, sched: Any, accelerator: Any = None,
                     prepared: Any = None) -> dict:
     """Restore weights, optimizer, scheduler and RNG in place (every rank); returns the trainer state.
@@ -134,7 +76,6 @@ def load_checkpoint(path: str, model: Any, opt: Any, sched: Any, accelerator: An
     Call after ``accelerator.prepare``; ``model`` is the unwrapped model, ``prepared`` what
     ``prepare`` returned.
     """
-    import torch
     from safetensors.torch import load_file
 
     from crop.train.common import set_rng_state
@@ -144,32 +85,14 @@ def load_checkpoint(path: str, model: Any, opt: Any, sched: Any, accelerator: An
     if not tstate.get("optimizer", True):
         raise ValueError(f"{path}: checkpoint holds no optimizer state (a DeepSpeed run); it loads as a "
                          "localizer but cannot resume exactly")
-    mode = _mode(accelerator)
-    if mode == "deepspeed":
+    if accel.distributed_mode(accelerator) == "deepspeed":
         raise ValueError("resuming under DeepSpeed is not supported: its optimizer state lives in the "
                          "engine and is not saved by this trainer")
     # Weights go through from_pretrained: save_pretrained may rename keys to the hub layout.
     saved = type(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
     weights = saved.state_dict()
     del saved
-    osd = _read_optimizer(path)
-    if mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-
-        options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(prepared, weights, options=options)
-        set_optimizer_state_dict(prepared, _raw(opt), osd, options=options)
-    else:
-        with torch.no_grad():
-            model.load_state_dict(weights, strict=True)
-        index = {n: i for i, n in enumerate(_param_names(model, opt))}
-        unknown = sorted(set(osd["state"]) - set(index))
-        if unknown:
-            raise ValueError(f"{path}: optimizer state for parameters the model does not train: {unknown[:5]}")
-        groups = [dict(g, params=[index[n] for n in g["params"]]) for g in osd["param_groups"]]
-        _raw(opt).load_state_dict({"state": {index[n]: st for n, st in osd["state"].items()},
-                                   "param_groups": groups})
+    accel.load_full_state(accelerator, prepared, model, opt, weights, accel.read_optimizer(path), where=path)
     with open(os.path.join(path, "scheduler.json"), encoding="utf-8") as f:
         sched.load_state_dict(json.load(f))
     set_rng_state(load_file(os.path.join(path, "rng.safetensors")), tstate["rng"])

@@ -217,7 +217,9 @@ def test_log_rows_reach_the_configured_tracker_and_a_missing_one_only_warns(tmp_
         def finish(self):
             Recorder.seen["finished"] = True
 
-    monkeypatch.setattr(trainer, "tracker_spec", lambda cfg: [Recorder()])
+    from crop.train import accel
+
+    monkeypatch.setattr(accel, "tracker_spec", lambda log_with: [Recorder()])
     train(_cfg(tmp_path / "run", max_steps=3, save_every=0, log_with="tensorboard"), log=lambda s: None)
     seen = Recorder.seen
     assert seen["config"]["lr"] == 2e-3 and seen["finished"]
