@@ -29,6 +29,7 @@ from crop.geometry.regions import (
     region_to_box_px,
 )
 from crop.geometry.tokens import region_token_mask
+from crop.geometry.rect_search import all_rects, best_rect_within_budget, rect_masses, smallest_rect_with_share  # noqa: E501
 
 __all__ = [
     "BoxRejected",
