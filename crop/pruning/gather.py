@@ -55,7 +55,11 @@ def keep_slots(plan: KeepPlan, batch: int, seq_len: int, device) -> tuple[torch.
 
     ``pad`` is ``None`` when every row keeps ``M`` tokens (then nothing needs masking).
     """
-    rows = _kept_rows(plan, batch, seq_len)
+    return left_pad_rows(_kept_rows(plan, batch, seq_len), device)
+
+
+def left_pad_rows(rows: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sorted kept positions per row -> left-padded ``(B, M)`` slots and padding ``(B, M)`` | None."""
     m = max(r.size for r in rows)
     if all(r.size == m for r in rows):
         return torch.as_tensor(np.stack(rows), dtype=torch.long, device=device), None  # (B, M)
