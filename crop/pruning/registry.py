@@ -125,7 +125,7 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
                summary="R visual tokens drawn uniformly (seeded per sample) before the LLM"),
     MethodSpec("downsample", f"{_M}.downsample:attach", "before_llm",
                summary="the image's visual tokens pooled to about R before the LLM"),
-    MethodSpec("visionzip", f"{_M}.visionzip:attach", "before_llm",
+    MethodSpec("visionzip", f"{_M}.visionzip:attach", "before_llm", families=("llava",),
                summary="VisionZip: dominant tokens by encoder [CLS] attention + merged contextual tokens"),
     MethodSpec("divprune", f"{_M}.divprune:attach", "before_llm",
                summary="DivPrune: max-min diversity selection of visual tokens before the LLM"),
