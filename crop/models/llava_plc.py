@@ -187,10 +187,12 @@ class LlavaPLC(nn.Module):
 
     # ---- PLC weights on their own (safetensors, config in the metadata)
 
-    def save_plc(self, path: str | Path) -> None:
+    def save_plc(self, path: str | Path, state: dict | None = None) -> None:
+        """PLC weights + config; ``state`` (a full PLC state dict, e.g. gathered from FSDP shards)
+        replaces this module's own tensors."""
         from safetensors.torch import save_file
 
-        state = {k: v.detach().contiguous().cpu() for k, v in self.plc.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in (state or self.plc.state_dict()).items()}
         save_file(state, str(path), metadata={"plc_config": json.dumps(asdict(self.plc.config))})
 
     @staticmethod

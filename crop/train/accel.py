@@ -176,6 +176,18 @@ def param_names(model: Any, opt: Any) -> list[str]:
     return [by_id[id(p)] for g in raw_optimizer(opt).param_groups for p in g["params"]]
 
 
+def full_weights(acc: Any, prepared: Any, model: Any) -> dict:
+    """Full weights (a collective under FSDP: call on every rank)."""
+    mode = distributed_mode(acc)
+    if mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(prepared, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if mode == "deepspeed":
+        return acc.get_state_dict(prepared)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def full_state(acc: Any, prepared: Any, model: Any, opt: Any) -> tuple[dict, dict | None]:
     """Full weights and the name-keyed optimizer state ``{"state": {name: {slot: v}}, "param_groups"}``
     (None under DeepSpeed). A collective under FSDP: call on every rank."""

@@ -4,7 +4,8 @@ Checkpoints are a folder per optimizer step, written to ``<name>.tmp`` and renam
 
     <out>/checkpoints/step-000120/
         model.safetensors       trainable parameters only (frozen ones come from the base model)
-        optimizer.safetensors   every optimizer-state tensor, keyed "state.<param index>.<name>"
+        optimizer.safetensors   every optimizer-state tensor, keyed "<param name>.<slot>"
+        optimizer.json          param groups and non-tensor state (by parameter name)
         rng.safetensors         torch CPU (and CUDA) generator states
         trainer_state.json      step, data position, scheduler state, optimizer param groups and
                                 non-tensor state, python/numpy RNG states, counters
@@ -208,45 +209,43 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _optimizer_split(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
-    tensors, other = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{idx}.{k}"] = v.detach().contiguous().cpu()
-            else:
-                other.setdefault(str(idx), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "state": other}
-
-
-def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, extra in meta["state"].items():
-        state.setdefault(int(idx), {}).update(extra)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                    data_state: dict, config=None, extra: dict | None = None, keep: int = 2) -> Path:
-    """Write ``<root>/step-<step>`` atomically and keep the newest ``keep`` checkpoints."""
+                    data_state: dict, config=None, extra: dict | None = None, keep: int = 2,
+                    accelerator=None, prepared=None) -> Path:
+    """Write ``<root>/step-<step>`` atomically and keep the newest ``keep`` checkpoints.
+
+    Under ``accelerate`` call it on every rank (gathering FSDP shards is a collective; the main
+    process writes): ``model`` is the unwrapped model, ``prepared`` what ``prepare`` returned. The
+    optimizer state is keyed by parameter name (:func:`crop.train.accel.write_optimizer`), so it
+    reloads under another process count or sharding. Under DeepSpeed it is not saved (its engine
+    keeps it): such a checkpoint has weights only and is refused for resuming.
+    """
     from safetensors.torch import save_file
 
+    from crop.train import accel
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if accelerator is None or accel.distributed_mode(accelerator) == "plain":
+        weights = trainable_state(model)  # no copy of the frozen tower
+        osd = _named_optimizer_state(model, optimizer)
+    else:
+        full, osd = accel.full_state(accelerator, prepared, model, optimizer)
+        weights = {n: full[n].detach().contiguous().cpu() for n in names}
     root = Path(root)
     final = root / f"step-{step:06d}"
+    if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return final
     tmp = root / f"step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _optimizer_split(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    save_file(weights, str(tmp / "model.safetensors"))
+    if osd is not None:
+        accel.write_optimizer(str(tmp), osd)
     rng_tensors, rng_meta = rng_state()
     save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-    state = {"step": step, "data": data_state, "scheduler": scheduler.state_dict(),
-             "optimizer": opt_meta, "rng": rng_meta, **(extra or {})}
+    state = {"step": step, "data": data_state, "scheduler": scheduler.state_dict(), "optimizer": osd is not None,
+             "rng": rng_meta, **(extra or {})}
     (tmp / "trainer_state.json").write_text(json.dumps(state, default=_json_default), encoding="utf-8")
     if config is not None:
         dump_config(config, tmp / "config.yaml")
@@ -255,7 +254,18 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
     from crop.train.run_folder import prune_checkpoints  # the one retention rule of both trainers
 
     prune_checkpoints(sorted(root.glob("step-[0-9]*[0-9]")), keep)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return final
+
+
+def _named_optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    from crop.train import accel
+
+    sd = accel.raw_optimizer(optimizer).state_dict()
+    names = accel.param_names(model, optimizer)
+    groups = [dict(g, params=[names[i] for i in g["params"]]) for g in sd["param_groups"]]
+    return {"state": {names[i]: st for i, st in sd["state"].items()}, "param_groups": groups}
 
 
 def _json_default(o):
@@ -271,11 +281,21 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG in place; return trainer_state.json."""
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scheduler, accelerator=None,
+                    prepared=None) -> dict:
+    """Restore weights, optimizer, scheduler and RNG in place (every rank, after ``prepare``);
+    return trainer_state.json."""
     from safetensors.torch import load_file
 
+    from crop.train import accel
+
     path = Path(path)
+    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    if state.get("optimizer") is False:
+        raise ValueError(f"{path}: checkpoint holds no optimizer state (a DeepSpeed run); it cannot resume exactly")
+    if not (path / "optimizer.json").exists():
+        raise ValueError(f"{path}: checkpoint written by an older crop (index-keyed optimizer state); "
+                         "start a new run folder")
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     missing = sorted(n for n, p in params.items() if p.requires_grad and n not in weights)
@@ -283,12 +303,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
     if missing or unknown:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, "
                          f"unknown {unknown[:5]})")
-    with torch.no_grad():
-        for n, v in weights.items():
-            params[n].copy_(v)
-    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    opt_sd = _optimizer_join(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    optimizer.load_state_dict(opt_sd)
+    accel.load_full_state(accelerator, prepared if prepared is not None else model, model, optimizer, weights,
+                          accel.read_optimizer(str(path)), strict=False, where=str(path))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
     return state
@@ -301,16 +317,16 @@ class ProgressLog:
     """Loss / lr / samples per second / ETA, to the logger and a ``log.jsonl`` file."""
 
     def __init__(self, total_steps: int, path: str | Path | None = None, every: int = 10,
-                 start_step: int = 0):
+                 start_step: int = 0, show: bool = True):
         self.total, self.every = total_steps, max(1, every)
         self.path = Path(path) if path else None
         self.t0, self.start, self.samples = time.perf_counter(), start_step, 0
-        self.bar = None
+        self.bar, self.show = None, show
         try:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            mininterval=2.0)
+                            mininterval=2.0, disable=not show)
         except ImportError:  # pragma: no cover - tqdm is a dependency
             pass
 
@@ -329,7 +345,7 @@ class ProgressLog:
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-        if step % self.every == 0 or step == self.total:
+        if self.show and (step % self.every == 0 or step == self.total):
             log.info("step %d/%d loss %.4f lr %.3g %.2f samples/s ETA %.0fs", step, self.total, loss,
                      lr, rate, eta)
         return row

@@ -87,12 +87,17 @@ class DataSection:
     text_only: str = "feed"  # feed | skip
     max_length: int = 2048  # tokens after expanding <image>; longer samples are skipped
     max_failure_fraction: float = 0.001  # loader failures allowed (crop.train.loader_health) before the run stops
+    num_workers: int = 0  # DataLoader workers decoding + preparing samples (crop.train.prefetch); 0: in process
+    prefetch_factor: int = 2  # samples each worker prepares ahead
+    pin_memory: bool = True  # page-locked batches when training on CUDA
 
     def __post_init__(self) -> None:
         if self.instruction_region != "full":
             raise ValueError(f"data.instruction_region={self.instruction_region!r}: only 'full' is supported")
         if self.text_only not in ("feed", "skip"):
             raise ValueError(f"data.text_only={self.text_only!r}: choose feed or skip")
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError("data.num_workers must be >= 0 and data.prefetch_factor >= 1")
         if self.image_aspect not in ("pad", "processor"):
             raise ValueError(f"data.image_aspect={self.image_aspect!r}: choose pad or processor "
                              "(crop eval's model.image_aspect must be the same)")
@@ -120,11 +125,15 @@ class LoopSection:
     log_every: int = 10
     resume: bool = True  # a run of the same config in output_dir continues (false: refuse to continue it)
     export_final: bool = True  # final/llava (save_pretrained) + final/plc.safetensors
+    log_with: str = "none"  # tensorboard | wandb | none (accelerate's trackers; used when installed)
+    ddp_find_unused: bool = True  # text-only micro-batches leave PLC unused: DDP must allow it
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.log_with not in ("none", "tensorboard", "wandb"):
+            raise ValueError(f"train.log_with={self.log_with!r}: choose tensorboard, wandb or none")
 
 
 @dataclass
@@ -254,24 +263,62 @@ def image_inputs(images: Sequence[Any], regions: Sequence[Sequence[int]], image_
     return pixels, masks
 
 
-def collate(examples: Sequence[Example], image_processor, padded: bool, grid_hw: tuple[int, int],
-            pad_id: int, tile_px: int | None = None) -> dict:
-    """Right-padded batch; images (and their context masks) only for the rows that have one."""
+def example_tensors(ex: Example, image_processor, padded: bool, grid_hw: tuple[int, int],
+                    tile_px: int | None = None) -> dict:
+    """One example's tensors (run in a DataLoader worker: the image processor's work is here)."""
     import torch
 
-    T = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), T), -100, dtype=torch.long)
-    attn = torch.zeros((len(examples), T), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n], labels[i, :n], attn[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    out = {"input_ids": torch.tensor(ex.input_ids), "labels": torch.tensor(ex.labels)}
+    if ex.image is not None:
+        pixels, masks = image_inputs([ex.image], [ex.region], image_processor, padded, grid_hw, tile_px)
+        out["pixel_values"], out["context_mask"] = pixels[0], masks[0]  # (3, S, S), (R*C,)
+    return out
+
+
+def stack(rows: Sequence[dict], pad_id: int) -> dict:
+    """Right-padded batch of :func:`example_tensors` rows; images (and their context masks) only
+    for the rows that have one, in row order."""
+    import torch
+
+    T = max(int(r["input_ids"].numel()) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), -100, dtype=torch.long)
+    attn = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = int(r["input_ids"].numel())
+        ids[i, :n], labels[i, :n], attn[i, :n] = r["input_ids"], r["labels"], 1
     batch = {"input_ids": ids, "labels": labels, "attention_mask": attn}
-    with_image = [e for e in examples if e.image is not None]
+    with_image = [r for r in rows if "pixel_values" in r]
     if with_image:
-        batch["pixel_values"], batch["context_mask"] = image_inputs(
-            [e.image for e in with_image], [e.region for e in with_image], image_processor, padded, grid_hw, tile_px)
+        batch["pixel_values"] = torch.stack([r["pixel_values"] for r in with_image])  # (B_img, 3, S, S)
+        batch["context_mask"] = torch.stack([r["context_mask"] for r in with_image])  # (B_img, R*C)
     return batch
+
+
+def collate(examples: Sequence[Example], image_processor, padded: bool, grid_hw: tuple[int, int],
+            pad_id: int, tile_px: int | None = None) -> dict:
+    """Right-padded batch of examples (what the training step sees)."""
+    return stack([example_tensors(e, image_processor, padded, grid_hw, tile_px) for e in examples], pad_id)
+
+
+@dataclass
+class SamplePreparer:
+    """Stream sample -> ``{"reject": reason}`` or :func:`example_tensors` (picklable: DataLoader workers)."""
+
+    data: DataSection
+    tokenizer: Any
+    image_processor: Any
+    image_token_id: int
+    num_image_tokens: int
+    grid_hw: tuple[int, int]
+    tile_px: int | None
+
+    def __call__(self, sample: dict) -> dict:
+        ex = prepare_sample(sample, self.data, self.tokenizer, self.image_token_id, self.num_image_tokens)
+        if isinstance(ex, str):
+            return {"reject": ex}
+        return example_tensors(ex, self.image_processor, padded_for(self.data.image_aspect), self.grid_hw,
+                               self.tile_px)
 
 
 # --------------------------------------------------------------------------------- the loop
@@ -287,9 +334,39 @@ def as_source(samples: Sequence[dict] | SampleSource) -> SampleSource:
     return lambda epoch, skip: islice(samples, skip, None)
 
 
-def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Sequence[dict] | SampleSource,
+def _is_stream(source: Any) -> bool:
+    """A :class:`crop.data.stream.ShardStream` (read through DataLoader workers) rather than a sample source."""
+    return hasattr(source, "set_epoch") and hasattr(source, "state_dict")
+
+
+def epoch_rows(source: Any, preparer: SamplePreparer, epoch: int, skip: int, data: DataSection,
+               counts: Any) -> Iterable[tuple[int, dict]]:
+    """``(position after the sample, prepared row)`` of one epoch from sample ``skip`` on.
+
+    A shard stream is read through :mod:`crop.train.prefetch` (``data.num_workers`` workers decode
+    and prepare); a sequence or callable source is prepared in this process.
+    """
+    if _is_stream(source):
+        from crop.train import prefetch
+
+        for pos, row in prefetch.epoch_items(source, preparer, epoch, skip, num_workers=data.num_workers,
+                                             prefetch_factor=data.prefetch_factor, pin_memory=data.pin_memory,
+                                             counts=counts):
+            yield pos, row["item"]
+        return
+    for pos, sample in enumerate(as_source(source)(epoch, skip), start=skip + 1):
+        yield pos, preparer(sample)
+
+
+def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Sequence[dict] | SampleSource | Any,
           samples_per_epoch: int | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) training; returns a summary with the final step, loss, counters and ``stopped``.
+
+    One process, or several under ``accelerate launch`` (DDP / FSDP2 / DeepSpeed ZeRO-2, the set-up
+    of :mod:`crop.train.accel` shared with train-localizer); ``samples`` is then a ShardStream of
+    this rank (:func:`shard_source`). A micro-batch is the next ``train.batch_size`` samples of the
+    stream; the ones rejected by :func:`prepare_sample` are counted and left out (every rank takes the
+    same number of micro-steps, so DDP never waits for a rank that ran out).
 
     The output folder follows :mod:`crop.train.run_folder`: a run of the same config resumes from
     its newest checkpoint (log rows after it dropped), another config is refused unless
@@ -297,153 +374,224 @@ def train(cfg: TrainPLCConfig, model, tokenizer, image_processor, samples: Seque
     with ``stopped`` = the signal number."""
     import torch
 
-    from crop.train import common
+    from crop.train import accel, common, prefetch
 
+    acc = accel.make_accelerator(precision=_precision(cfg.model), grad_accum=cfg.train.grad_accum,
+                                 log_with=cfg.train.log_with, project_dir=cfg.train.output_dir,
+                                 find_unused=cfg.train.ddp_find_unused, cpu=_cpu_flag(cfg.model))
+    world = acc.num_processes
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"
     # train.max_steps only caps the run (the schedule is planned from the epochs), so raising it
     # continues the same run: operational here, unlike in the localizer trainer.
-    mode = run_folder.prepare(out, dataclasses.asdict(cfg), overwrite=overwrite, config_name="config.yaml",
-                              has_checkpoint=lambda p: common.latest_checkpoint(p / "checkpoints") is not None,
-                              operational=run_folder.OPERATIONAL | {"max_steps", "export_final"})
+    mode = accel.decide_on_main(acc, lambda: run_folder.prepare(
+        out, dataclasses.asdict(cfg), overwrite=overwrite, config_name="config.yaml",
+        has_checkpoint=lambda p: common.latest_checkpoint(p / "checkpoints") is not None,
+        operational=run_folder.OPERATIONAL | {"max_steps", "export_final", "num_workers", "prefetch_factor",
+                                              "pin_memory", "log_with"}), run_folder.RunFolderError)
     if mode == "resume" and not cfg.train.resume:
         raise run_folder.RunFolderError(f"{out}: holds a run of this config and train.resume is false; "
                                         "use another output folder, or --overwrite to start again")
-    out.mkdir(parents=True, exist_ok=True)
-    common.dump_config(cfg, out / "config.yaml")
-    source = as_source(samples)
-    loader_counters = getattr(source, "counters", None)  # crop.data.safety.Counters of a shard stream
-    read_here = [0]  # samples read by this process (the loader's counters start at 0 here too)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        common.dump_config(cfg, out / "config.yaml")
     if samples_per_epoch is None:
         samples_per_epoch = cfg.data.samples_per_epoch or (len(samples) if hasattr(samples, "__len__") else 0)
     if not samples_per_epoch and not cfg.train.max_steps:
         raise ValueError("unknown epoch size: set data.samples_per_epoch or train.max_steps")
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
-    steps_per_epoch = math.ceil(samples_per_epoch / per_step) if samples_per_epoch else cfg.train.max_steps
-    total = steps_per_epoch * cfg.train.epochs
+    per_step = cfg.train.batch_size * cfg.train.grad_accum  # samples per rank per optimizer step
+    # one endless stream over the epochs (as train-localizer): every optimizer step is a full
+    # accumulation window, so accelerate's gradient sync and DeepSpeed's micro-step count agree
+    steps_per_epoch = samples_per_epoch / per_step if samples_per_epoch else cfg.train.max_steps
+    total = math.ceil(steps_per_epoch * cfg.train.epochs)
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
 
-    device = next(model.parameters()).device
     model.freeze_vision_tower()
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = common.build_optimizer(named, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
-    sched = common.build_scheduler(opt, steps_per_epoch * cfg.train.epochs,
-                                   int(cfg.optim.warmup_ratio * steps_per_epoch * cfg.train.epochs),
-                                   cfg.optim.schedule)
+    planned = math.ceil(steps_per_epoch * cfg.train.epochs)  # the schedule ignores max_steps (a cap)
+    sched = common.build_scheduler(opt, planned, int(cfg.optim.warmup_ratio * planned), cfg.optim.schedule)
+    if acc.state.deepspeed_plugin is not None:
+        accel.check_deepspeed(acc, cfg.train.batch_size, cfg.train.grad_accum, cfg.optim.grad_clip)
+    prepared, opt = acc.prepare(model, opt)  # device placement + DDP / FSDP / DeepSpeed wrapping
+    device = acc.device
     step, start_epoch, skip, counters = 0, 0, 0, Counter()
+    loader_counts = prefetch.LoaderCounts()
     if mode == "resume" and (last := common.latest_checkpoint(ckpt_root)) is not None:
-        state = common.load_checkpoint(last, model, opt, sched)
+        state = common.load_checkpoint(last, model, opt, sched, accelerator=acc, prepared=prepared)
         step, start_epoch, skip = state["step"], state["data"]["epoch"], state["data"]["consumed"]
+        if _is_stream(samples):
+            prefetch.check_resume_workers(state["data"].get("num_workers"), cfg.data.num_workers, skip)
         counters.update(state.get("counters", {}))
-        run_folder.trim_log(out / "log.jsonl", step)
+        loader_counts = prefetch.LoaderCounts(state.get("loader", {}))
+        if acc.is_main_process:
+            run_folder.trim_log(out / "log.jsonl", step)
         log.info("resumed from %s (step %d, epoch %d, %d samples in)", last, step, start_epoch, skip)
+    if acc.log_with:
+        acc.init_trackers("crop-plc", config=accel.tracker_config(dataclasses.asdict(cfg)))
 
-    padded, grid_hw = padded_for(cfg.data.image_aspect), model.grid_hw
+    preparer = SamplePreparer(cfg.data, tokenizer, image_processor, model.image_token_id, model.num_image_tokens,
+                              model.grid_hw, model.tile_px)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    use_autocast = device.type == "cuda" and cfg.model.autocast != "none"
-    amp_dtype = getattr(torch, cfg.model.autocast) if use_autocast else None
-    progress = common.ProgressLog(total, out / "log.jsonl", cfg.train.log_every, step)
-    trainable = [p for _, p in named]
+    stream_counters = getattr(as_source(samples) if not _is_stream(samples) else samples, "counters", None)
+    pixel_dtype = next(model.llava.parameters()).dtype
+    progress = common.ProgressLog(total, out / "log.jsonl" if acc.is_main_process else None,
+                                  cfg.train.log_every, step, show=acc.is_main_process)
+    is_stream = _is_stream(samples)
+    read = [state.get("read", 0) if is_stream and step else 0]  # samples read, all ranks (loader health)
     last_loss, epoch, consumed = float("nan"), start_epoch, skip
+    fallback: dict | None = None  # a usable row of this rank: stands in (loss x 0) for an all-rejected micro-batch
+
+    def loader_now() -> dict[str, int]:
+        mine = loader_counts.counts if is_stream else (dict(stream_counters.counts) if stream_counters else {})
+        return accel.summed_counts(mine, acc)
 
     def save() -> None:
-        common.save_checkpoint(ckpt_root, step, model, opt, sched, {"epoch": epoch, "consumed": consumed},
-                               cfg, {"counters": dict(counters)}, keep=cfg.train.keep_checkpoints)
+        common.save_checkpoint(ckpt_root, step, model, opt, sched,
+                               {"epoch": epoch, "consumed": consumed, "num_workers": cfg.data.num_workers},
+                               cfg, {"counters": dict(counters), "loader": loader_counts.counts, "read": read[0]},
+                               keep=cfg.train.keep_checkpoints, accelerator=acc, prepared=prepared)
 
-    def optimizer_step(n_samples: int, losses: list[float]) -> None:
-        nonlocal step, last_loss
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        last_loss = sum(losses) / len(losses)
-        loader = dict(loader_counters.counts) if loader_counters is not None else {}
-        progress.step(step, last_loss, sched.get_last_lr()[0], n_samples, extra={"loader": loader})
-        read_here[0] += n_samples
-        try:
-            loader_health.check(loader, read_here[0], cfg.data.max_failure_fraction,
-                                getattr(loader_counters, "first", None))
-        except loader_health.LoaderFailureError:
-            save()
-            raise
-        if step % cfg.train.save_every == 0 or step == total or signals.requested is not None:
-            save()
+    def rows_from(epoch: int, skip: int):
+        """``(epoch, position, row)`` forever from sample ``skip`` of ``epoch``."""
+        while True:
+            n = 0
+            for pos, row in epoch_rows(samples, preparer, epoch, skip, cfg.data, loader_counts):
+                n += 1
+                yield epoch, pos, row
+            if not n and not skip:
+                raise ValueError(f"epoch {epoch} of the training data holds no samples")
+            epoch, skip = epoch + 1, 0
 
-    done = step >= total
+    stop = [False]
+    rows = rows_from(start_epoch, skip)
     signals = run_folder.StopSignals().__enter__()
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            if done:
-                break
-            consumed = skip if epoch == start_epoch else 0
-            stream = iter(source(epoch, consumed))
-            micro, losses, n_samples = 0, [], 0
-            while not done:
-                examples: list[Example] = []
-                while len(examples) < cfg.train.batch_size:
-                    sample = next(stream, None)
-                    if sample is None:
-                        break
-                    consumed += 1
-                    ex = prepare_sample(sample, cfg.data, tokenizer, model.image_token_id, model.num_image_tokens)
-                    if isinstance(ex, str):
-                        counters[ex] += 1
+        while step < total and not stop[0]:
+            losses, n_samples, micro = [], 0, 0
+            while micro < cfg.train.grad_accum:
+                batch_rows: list[dict] = []
+                for _ in range(cfg.train.batch_size):
+                    epoch, consumed, row = next(rows)
+                    if "reject" in row:
+                        counters[row["reject"]] += 1
                     else:
-                        examples.append(ex)
-                if not examples:
-                    break
-                batch = {k: v.to(device) for k, v in
-                         collate(examples, image_processor, padded, grid_hw, pad_id, model.tile_px).items()}
+                        batch_rows.append(row)
+                scale = 1.0
+                if not batch_rows:
+                    if fallback is None:
+                        if world == 1:
+                            continue  # nothing to keep in step with: read the next samples
+                        raise RuntimeError(f"rank {acc.process_index}: its first micro-batch holds no usable "
+                                           "sample; nothing to stand in for it")
+                    batch_rows, scale = [fallback], 0.0  # keeps this rank in step with the others
+                fallback = batch_rows[0]
+                batch = {k: v.to(device, non_blocking=True) for k, v in stack(batch_rows, pad_id).items()}
                 if "pixel_values" in batch:
-                    batch["pixel_values"] = batch["pixel_values"].to(next(model.llava.parameters()).dtype)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_autocast):
-                    loss = model(**batch).loss
-                (loss / cfg.train.grad_accum).backward()
-                losses.append(float(loss.detach()))
-                micro, n_samples = micro + 1, n_samples + len(examples)
-                if micro == cfg.train.grad_accum:
-                    optimizer_step(n_samples, losses)
-                    micro, losses, n_samples = 0, [], 0
-                    done = step >= total or signals.requested is not None
-            if micro and not done:  # flush a partial accumulation at the end of the epoch
-                optimizer_step(n_samples, losses)
-                done = step >= total or signals.requested is not None
+                    batch["pixel_values"] = batch["pixel_values"].to(pixel_dtype)
+                with acc.accumulate(prepared):  # prepare() wrapped forward in autocast
+                    loss = prepared(**batch).loss * scale
+                    acc.backward(loss)  # divides by grad_accum
+                    if acc.sync_gradients and cfg.optim.grad_clip > 0:  # FSDP/DeepSpeed: their own clipping
+                        acc.clip_grad_norm_(prepared.parameters(), cfg.optim.grad_clip)
+                    opt.step()  # a no-op until the accumulation window is full
+                    opt.zero_grad(set_to_none=True)
+                if scale:
+                    losses.append(float(loss.detach()))
+                    n_samples += len(batch_rows)
+                micro += 1
+            sched.step()
+            step += 1
+            read[0] += per_step * world
+            mine = sum(losses) / len(losses) if losses else float("nan")
+            last_loss = acc.reduce(torch.tensor(mine, device=device), "mean").item() if world > 1 else mine
+            loader = loader_now()
+            row_log = progress.step(step, last_loss, sched.get_last_lr()[0], n_samples * world,
+                                    extra={"epoch": epoch, "loader": loader})
+            if acc.log_with:
+                acc.log(accel.tracker_values(row_log), step=step)
+            try:
+                loader_health.check(loader, read[0], cfg.data.max_failure_fraction,
+                                    loader_counts.first or getattr(stream_counters, "first", None) or None)
+            except loader_health.LoaderFailureError:
+                save()
+                raise
+            stop[0] = accel.stop_requested(signals, acc)
+            if step % cfg.train.save_every == 0 or step == total or stop[0]:
+                save()
     finally:
         signals.__exit__()
+        if acc.log_with:
+            acc.end_training()
     progress.close()
-    if step and (common.latest_checkpoint(ckpt_root) is None
-                 or common.latest_checkpoint(ckpt_root).name != f"step-{step:06d}"):
+    latest = common.latest_checkpoint(ckpt_root)
+    if step and (latest is None or latest.name != f"step-{step:06d}"):
         save()
     if counters:
         log.info("skipped samples by reason: %s", dict(counters))
-    if signals.requested is not None and step < total:
-        return {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": int(signals.requested),
+    if stop[0] and step < total:
+        acc.wait_for_everyone()
+        return {"step": step, "loss": last_loss, "counters": dict(counters), "rank": acc.process_index,
+                "stopped": int(signals.requested or _signal_number("SIGTERM")),
                 "checkpoint": str(common.latest_checkpoint(ckpt_root))}
     if cfg.train.export_final:
-        export_final(model, tokenizer, image_processor, out / "final")
-    return {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": None,
-            "loader": dict(loader_counters.counts) if loader_counters is not None else {}}
+        export_final(model, tokenizer, image_processor, out / "final", accelerator=acc, prepared=prepared)
+    summary = {"step": step, "loss": last_loss, "counters": dict(counters), "stopped": None,
+               "rank": acc.process_index, "loader": loader_now()}
+    acc.wait_for_everyone()  # every rank leaves train() together (the caller may tear the group down)
+    return summary
 
 
-def export_final(model, tokenizer, image_processor, final: Path) -> None:
+def _cpu_flag(m: ModelSection) -> bool | None:
+    """accelerate's ``cpu``: forced by ``model.device: cpu``, else accelerate's choice (CUDA when present)."""
+    return True if m.device == "cpu" else None
+
+
+def _signal_number(name: str) -> int:
+    import signal
+
+    return int(getattr(signal, name))
+
+
+def _precision(m: ModelSection) -> str:
+    """``model.autocast`` as the accelerate precision: bf16 autocast on a CUDA device, else fp32."""
+    import torch
+
+    if m.autocast == "none" or m.device == "cpu":
+        return "fp32"
+    if m.autocast != "bfloat16":
+        raise ValueError(f"model.autocast={m.autocast!r}: choose bfloat16 or none")
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def export_final(model, tokenizer, image_processor, final: Path, accelerator: Any = None, prepared: Any = None) -> None:
     """``final/llava``: what ``crop eval`` loads with ``model.path`` (weights, and a full
     ``LlavaProcessor``: tokenizer, the image processor trained with, ``processor_config.json``);
     ``final/plc.safetensors``: ``model.plc_weights``.
 
     The processor config carries the vision patch size and feature-selection strategy; without it
     ``AutoProcessor`` loads a ``LlavaProcessor`` whose ``patch_size`` is None and cannot encode an
-    image prompt.
+    image prompt. Under several processes every rank calls this (gathering FSDP shards is a
+    collective) and the main process writes the full weights.
     """
     from transformers import LlavaProcessor
 
+    from crop.train import accel
+
+    if accelerator is not None:
+        weights = accel.full_weights(accelerator, prepared, model)
+        if not accelerator.is_main_process:
+            return
+    else:
+        weights = model.state_dict()
+    llava_sd = {k[len("llava."):]: v for k, v in weights.items() if k.startswith("llava.")}
+    plc_sd = {k[len("plc."):]: v for k, v in weights.items() if k.startswith("plc.")}
     cfg = model.llava.config
     final.mkdir(parents=True, exist_ok=True)
-    model.save_plc(final / "plc.safetensors")
-    model.llava.save_pretrained(final / "llava")
+    model.save_plc(final / "plc.safetensors", state=plc_sd)
+    model.llava.save_pretrained(final / "llava", state_dict=llava_sd)
     # num_additional_image_tokens=1: CLIP's CLS token, dropped again by the "default" strategy
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                patch_size=cfg.vision_config.patch_size,
@@ -455,16 +603,20 @@ def export_final(model, tokenizer, image_processor, final: Path) -> None:
 # --------------------------------------------------------------------------------- building + CLI
 
 
-def build_model(cfg: TrainPLCConfig):
-    """(LlavaPLC, tokenizer, image processor) from the model section; ``tiny`` downloads nothing."""
+def build_model(cfg: TrainPLCConfig, device: Any = None):
+    """(LlavaPLC, tokenizer, image processor) from the model section; ``tiny`` downloads nothing.
+
+    ``device``: where this process trains (``accelerator.device`` under ``accelerate launch``, so
+    eight ranks do not all load the weights onto GPU 0 first); default from ``model.device``."""
     import torch
 
     from crop.models.llava_plc import LlavaPLC, byte_tokenizer, tiny_image_processor, tiny_llava
     from crop.models.plc import PLC
 
     m = cfg.model
-    device = torch.device("cuda" if m.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if m.device == "auto" else m.device))
+    if device is None:
+        device = torch.device("cuda" if m.device == "auto" and torch.cuda.is_available()
+                              else ("cpu" if m.device == "auto" else m.device))
     if m.llava == "tiny":
         llava = tiny_llava(hidden=m.tiny_hidden, layers=m.tiny_layers, seed=m.seed)
         tokenizer, processor = byte_tokenizer(), tiny_image_processor(llava.config.vision_config.image_size)
@@ -482,21 +634,17 @@ def build_model(cfg: TrainPLCConfig):
     return model, tokenizer, processor
 
 
-def shard_source(shards: Sequence[str], cfg: DataSection) -> tuple[SampleSource, int]:
-    """Samples from CROP shards through :class:`crop.data.stream.ShardStream` (images decoded)."""
+def shard_source(shards: Sequence[str], cfg: DataSection, rank: int | None = None,
+                 world_size: int | None = None) -> tuple[Any, int]:
+    """``(ShardStream of this rank, samples per epoch of this rank)``: images decoded in the stream
+    (in DataLoader workers when ``data.num_workers`` > 0); rank and world default to
+    ``torch.distributed`` (set up by ``accelerate launch``), else one process."""
     from crop.data.stream import ShardStream, StreamConfig
 
-    stream = ShardStream(list(shards), StreamConfig(seed=cfg.seed, shuffle=cfg.shuffle,
-                                                    shuffle_buffer=cfg.shuffle_buffer, decode=True))
-
-    def source(epoch: int, skip: int) -> Iterable[dict]:
-        stream.set_epoch(epoch)
-        if skip:
-            stream.load_state_dict(stream.state_dict(batches_seen=skip))
-        return stream
-
-    source.counters = stream.counters  # loader failures, for the training log (crop.train.loader_health)
-    return source, len(stream)
+    stream = ShardStream(list(shards), StreamConfig(seed=cfg.seed, shuffle=cfg.shuffle, batch_size=1,
+                                                    shuffle_buffer=cfg.shuffle_buffer, decode=True, uneven="pad",
+                                                    rank=rank, world_size=world_size))
+    return stream, len(stream)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -510,6 +658,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crop.train import accel
     from crop.train.common import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -521,14 +670,22 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.shards = list(args.shards)
     if not cfg.data.shards:
         raise SystemExit("train-plc: no shards (set data.shards or pass --shards)")
-    model, tokenizer, processor = build_model(cfg)
-    source, n = shard_source(cfg.data.shards, cfg.data)
-    summary = train(cfg, model, tokenizer, processor, source, cfg.data.samples_per_epoch or n, overwrite=args.overwrite)
+    try:
+        acc_probe = accel.make_accelerator(precision=_precision(cfg.model), grad_accum=cfg.train.grad_accum,
+                                           cpu=_cpu_flag(cfg.model))  # starts the process group when launched
+        model, tokenizer, processor = build_model(cfg, acc_probe.device)
+        source, n = shard_source(cfg.data.shards, cfg.data, acc_probe.process_index, acc_probe.num_processes)
+        summary = train(cfg, model, tokenizer, processor, source, cfg.data.samples_per_epoch or n,
+                        overwrite=args.overwrite)
+    finally:
+        accel.leave_process_group()
     if summary["stopped"] is not None:
         import signal as _signal
 
-        print(f"stopped by {_signal.Signals(summary['stopped']).name} at step {summary['step']}; checkpoint "
-              f"{summary['checkpoint']}\nresume with: {run_folder.resume_command()}", file=sys.stderr)
+        if summary["rank"] == 0:
+            print(f"stopped by {_signal.Signals(summary['stopped']).name} at step {summary['step']}; checkpoint "
+                  f"{summary['checkpoint']}\nresume with: {run_folder.resume_command()}", file=sys.stderr)
         return 128 + summary["stopped"]
-    log.info("done: %s", summary)
+    if summary["rank"] == 0:
+        log.info("done: %s", summary)
     return 0

@@ -199,9 +199,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     cfg_a.optim = OptimSection(lr=1e-3, warmup_ratio=0.25)
     model_a, tok, proc = tiny_model(cfg_a)
     summary_a = train(cfg_a, model_a, tok, proc, shuffled_source(samples), samples_per_epoch=7)
-    # batches are filled after rejection: 6 usable samples -> 3 steps per epoch (the schedule
-    # was planned for ceil(7 / 2) = 4, an upper bound)
-    assert summary_a["step"] == 6
+    # a micro-batch is the next 2 samples of one endless stream over the epochs (rejected ones
+    # left out): 2 epochs x 7 samples = 7 steps, the last step ends exactly at the end of epoch 2
+    assert summary_a["step"] == 7
 
     cfg_b = dataclasses.replace(cfg_a, train=dataclasses.replace(cfg_a.train, output_dir=str(tmp_path / "b"),
                                                                  max_steps=4))  # stops inside epoch 2
@@ -213,14 +213,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     cfg_b.train.max_steps = 0
     model_c, _, _ = tiny_model(cfg_b)  # a fresh process would rebuild the model from scratch
     summary_c = train(cfg_b, model_c, tok, proc, shuffled_source(samples), 7)
-    assert summary_c["step"] == 6 and summary_c["counters"] == summary_a["counters"] == {"region_without_image": 2}
+    assert summary_c["step"] == 7 and summary_c["counters"] == summary_a["counters"] == {"region_without_image": 2}
     steps_logged = [json.loads(r)["step"] for r in (tmp_path / "b/log.jsonl").read_text().splitlines()]
-    assert steps_logged == [1, 2, 3, 4, 5, 6]  # the second run really resumed at step 4
+    assert steps_logged == [1, 2, 3, 4, 5, 6, 7]  # the second run really resumed at step 4
     a, c = dict(model_a.named_parameters()), dict(model_c.named_parameters())
     for name, p in a.items():
         assert torch.equal(p, c[name]), name
-    state = json.loads((tmp_path / "b/checkpoints/step-000006/trainer_state.json").read_text())
-    assert state["data"] == {"epoch": 1, "consumed": 7}
+    state = json.loads((tmp_path / "b/checkpoints/step-000007/trainer_state.json").read_text())
+    assert state["data"] == {"epoch": 1, "consumed": 7, "num_workers": 0}
 
 
 def write_shards(folder: Path, samples) -> None:
@@ -307,9 +307,9 @@ def test_one_run_folder_rule_and_stop_signal(tmp_path):
         train(other, *tiny_model(other), shuffled_source(samples), samples_per_epoch=len(samples))
     model2, _, _ = tiny_model(cfg)
     done = train(cfg, model2, tok, proc, shuffled_source(samples), samples_per_epoch=len(samples))
-    assert done["stopped"] is None and done["step"] == 6
+    assert done["stopped"] is None and done["step"] == 5  # 2 epochs x 5 samples, 2 per step
     steps = [json.loads(r)["step"] for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [1, 2, 3, 4, 5]
 
 
 def test_loader_failures_reach_the_log_and_stop_the_run(tmp_path):
