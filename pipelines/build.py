@@ -2,16 +2,19 @@
 
 Graph (each step a thin shell over a pure function in ``pipelines.*``)::
 
-    input files --Read--> (source, file, line, payload) --Parse--> candidates / rejects
+    input files --Index--> chunks (byte ranges) + input checksums       [one worker per file]
+    chunks --Reshuffle--> ReadChunks (records + RecordRef) --Parse--> Items / rejects   [all workers]
                                   +--> Count per source ("read")
     (source, sort_hash) --CombinePerKey(ToList)--> Select (cap/fraction, bottom-k by hash)
                                             |  side input
-    candidates --AssignShard--> (shard, candidate) --GroupByKey--> WriteShard (reads images,
-        rejects duplicate keys, finalizes records, writes tar + stats marker) --> shard stats
+    Items --AssignShard--> (shard, Item) --GroupByKey--> WriteShard (reads each record again and
+        its image, rejects duplicate keys, finalizes records, writes tar + stats marker)
     shard stats + rejects + counts + input checksums --> WriteOutputs (manifest, stats, rejects,
         reconciliation, dataset card)
 
-Only small candidates travel through shuffles; image bytes are read by the writer of their shard.
+Only small Items (source, hash, key, where the record lives: ~70 bytes) cross stages and
+shuffles, so memory does not grow with the records' size; record and image bytes are read by
+the writer of their shard (``pipelines.chunks``).
 Mixing: within each source, selected samples are ranked by a seeded hash and dealt round-robin
 over all shards, with per-source offsets, so every shard holds every source in proportion.
 """
@@ -19,7 +22,6 @@ over all shards, with per-source offsets, so every shard holds every source in p
 from __future__ import annotations
 
 import bisect
-import decimal
 import hashlib
 import json
 import logging
@@ -27,11 +29,12 @@ import math
 import os
 import posixpath
 import time
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines import chunks
 from pipelines import shards as io_
 from pipelines import summary
 from pipelines.finalize import finalize
@@ -81,75 +84,104 @@ def list_inputs(recipe: Recipe) -> list[tuple[str, str, str]]:
 def read_input(spec: tuple[str, str, str]) -> Iterator[tuple[str, str, int, object]]:
     """Yield ``(source, file_name, line, payload)``: a raw line (JSONL, bytes) or a parsed element.
 
-    JSON lists are read incrementally with ijson (the LLaVA file is ~1 GB). A file that is not
-    valid JSON fails the build naming the element where parsing stopped: records after it cannot
-    be read, and silently losing them would break the counts.
+    The whole file in order (tests, benchmarks); the build reads the same records chunk by chunk
+    on many workers (``IndexFn`` -> ``ReadChunkFn``). JSON lists are parsed by ijson's C backend
+    (the LLaVA file is ~1 GB); a file that is not a valid JSON list fails the build naming the
+    element where parsing stopped: records after it cannot be read, and silently losing them
+    would break the counts.
     """
-    import ijson
+    fmt, _, path = spec
+    for chunk in chunks.index_file(0, fmt, path).chunks:
+        for _, el in _chunk_records(spec, chunk):
+            yield el
 
+
+def _chunk_records(spec: tuple[str, str, str], chunk: chunks.Chunk) -> Iterator[tuple[chunks.RecordRef, tuple]]:
+    """``(ref, (source, file_name, line, payload))`` for every record of one chunk."""
     fmt, tag, path = spec
     name = posixpath.basename(path)
-    if fmt == "cot_jsonl":
-        with FileSystems.open(path) as f:
-            for i, raw in enumerate(f, start=1):
-                if raw.strip():
-                    yield tag, name, i, raw  # bytes: the parser decodes strictly (bad UTF-8 is a reject)
-        return
-    with FileSystems.open(path) as f:
-        i = 0
-        try:
-            # no use_float: with it, yajl's C backend fails the whole file on an integer beyond 64
-            # bits; without it, ints stay exact and floats come as Decimal, made float here
-            for i, obj in enumerate(ijson.items(f, "item")):
-                obj = _plain_numbers(obj)
-                source = viscot_llava_source(obj, VISUAL_COT_SOURCES) if fmt == "viscot_llava" else tag
-                yield source, name, i + 1, obj
-        except ijson.JSONError as e:
-            raise ValueError(f"{path}: not a valid JSON list near element {i + 2}: {e}") from None
-
-
-def _plain_numbers(obj):
-    """ijson's Decimal -> float, recursively (records are small; ints and strings untouched)."""
-    if isinstance(obj, dict):
-        return {k: _plain_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain_numbers(v) for v in obj]
-    if isinstance(obj, decimal.Decimal):
-        return float(obj)
-    return obj
+    for ref, payload in chunks.read_chunk(fmt, path, chunk):
+        source = viscot_llava_source(payload, VISUAL_COT_SOURCES) if fmt == "viscot_llava" else tag
+        yield ref, (source, name, ref.line, payload)
 
 
 READ_COUNTS = "read_counts"
+INPUT_SUMS = "input_sums"
 
 
-class ReadFn(beam.DoFn):
-    """Emit every record of one input file, then ``(source, n)`` counts as a tagged output.
+class IndexFn(beam.DoFn):
+    """Stream one input file once: its checksum (tagged ``INPUT_SUMS``) and its chunks.
 
-    Counting in the reader (one count per file, not one element per record) gives the
-    reconciliation its "read" side at no per-record cost.
-    """
+    One element per file, so one worker streams each file; the chunks it emits are small (a byte
+    range, or 8 bytes per JSON element) and are redistributed to every worker for parsing."""
 
-    PROGRESS_EVERY = 1000  # records between updates of the "records_read" progress counter
-    LOG_EVERY = 100_000  # records between log lines while a large file (the LLaVA JSON) is read
+    def __init__(self, chunk_records: int = chunks.CHUNK_RECORDS):
+        self.chunk_records = chunk_records
 
-    def __init__(self):
+    def process(self, indexed_spec):
+        spec_index, (fmt, _, path) = indexed_spec
+        t0, name = time.perf_counter(), posixpath.basename(path)
+        index = chunks.index_file(spec_index, fmt, path, self.chunk_records)
+        beam.metrics.Metrics.gauge(METRICS, f"records_total/{name}").set(index.total)
+        log.info("indexed %s: %d records in %d chunk(s), %.1f MB in %.1f s", name, index.total,
+                 len(index.chunks), index.size / 1e6, time.perf_counter() - t0)
+        yield beam.pvalue.TaggedOutput(INPUT_SUMS, {"input": INPUT_FIELD[fmt], "path": name, "bytes": index.size,
+                                                    "sha256": index.sha256})
+        yield from index.chunks
+
+
+class ReadChunkFn(beam.DoFn):
+    """Emit every record of one chunk with its ``RecordRef``, then ``(source, n)`` counts as a
+    tagged output (one count per chunk, not one element per record: the reconciliation's
+    "read" side at no per-record cost). Progress: a log line per tenth of a file (and for its
+    last chunk) naming the records read out of the file's total, and Beam counters."""
+
+    def __init__(self, specs: list[tuple[str, str, str]]):
+        self.specs = specs
         self.read_counter = beam.metrics.Metrics.counter(METRICS, "records_read")
 
-    def process(self, spec):
+    def process(self, chunk: chunks.Chunk):
+        chunk = chunks.Chunk(*chunk)
+        spec = self.specs[chunk.spec_index]
+        name = posixpath.basename(spec[2])
         counts: dict[str, int] = {}
-        n, t0, name = 0, time.perf_counter(), posixpath.basename(spec[2])
-        for el in read_input(spec):
+        n = 0
+        for ref, el in _chunk_records(spec, chunk):
             counts[el[0]] = counts.get(el[0], 0) + 1
             n += 1
-            if n % self.PROGRESS_EVERY == 0:
-                self.read_counter.inc(self.PROGRESS_EVERY)
-                if n % self.LOG_EVERY == 0:
-                    log.info("reading %s: %d records so far (%.0f s)", name, n, time.perf_counter() - t0)
-            yield el
-        self.read_counter.inc(n % self.PROGRESS_EVERY)
-        log.info("read %s: %d records in %.1f s", name, n, time.perf_counter() - t0)
-        for source, n in sorted(counts.items()):
-            yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, n))
+            yield el + (ref,)
+        self.read_counter.inc(n)
+        beam.metrics.Metrics.counter(METRICS, f"records_read/{name}").inc(n)
+        step = max(1, chunk.n_chunks // 10)
+        if (chunk.index + 1) % step == 0 or chunk.index + 1 == chunk.n_chunks:
+            log.info("read %s: chunk %d of %d, records %d-%d of %d", name, chunk.index + 1, chunk.n_chunks,
+                     chunk.first, chunk.first + n - 1, chunk.total)
+        for source, k in sorted(counts.items()):
+            yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, k))
+
+
+class Item(NamedTuple):
+    """What the shuffles carry for one valid record (~70 bytes encoded, emitted as a plain
+    tuple): the selection needs ``source`` and ``sort_hash``, the writer's dedup needs ``key``
+    and (file, line), and ``spec_index``/``start``/``end`` let the writer read the record again
+    (``chunks.read_record``) instead of every parsed record being held between stages."""
+    source: str
+    sort_hash: int
+    key: str
+    spec_index: int
+    line: int
+    start: int
+    end: int
+
+
+def parse_record(recipe: Recipe, source: str, file: str, line: int, payload) -> dict:
+    """One record -> candidate (raises ``Rejected``): the parser its format needs."""
+    if file.endswith("_cot_train.jsonl"):
+        return parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
+                              seed=recipe.seed, grid=recipe.grid_size, policy=recipe.multi_box)
+    if source == "llava":
+        return parse_llava_item(payload, file, line - 1, seed=recipe.seed)
+    return parse_viscot_llava_item(payload, file, line - 1, seed=recipe.seed, known_sources=list(VISUAL_COT_SOURCES))
 
 
 class ParseFn(beam.DoFn):
@@ -165,7 +197,9 @@ class ParseFn(beam.DoFn):
         self.internal_errors = beam.metrics.Metrics.counter(METRICS, "internal_errors")
 
     def process(self, el):
-        source, file, line, payload = el
+        """``el``: ``(source, file, line, payload[, ref])``. With a ``RecordRef`` (the build) a
+        valid record leaves as a compact :class:`Item`; without one (unit use) as the candidate."""
+        source, file, line, payload = el[:4]
         try:
             cand = self.parse(source, file, line, payload)
         except Rejected as e:
@@ -177,33 +211,17 @@ class ParseFn(beam.DoFn):
             log.error("internal error on %s:%s: %s", file, line, e, exc_info=True)
             err = internal_error(STAGE_PARSE, e)
         else:
-            yield cand
+            if len(el) > 4:
+                ref = el[4]
+                yield tuple(Item(cand["source"], cand["sort_hash"], cand["key"], ref[0], ref[1], ref[2], ref[3]))
+            else:
+                yield cand
             return
         self.rejected.inc()
         yield beam.pvalue.TaggedOutput(REJECTS, reject_record(source, file, line, record_id(payload), err))
 
     def parse(self, source: str, file: str, line: int, payload) -> dict:
-        r = self.recipe
-        if file.endswith("_cot_train.jsonl"):
-            return parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
-                                  seed=r.seed, grid=r.grid_size, policy=r.multi_box)
-        if source == "llava":
-            return parse_llava_item(payload, file, line - 1, seed=r.seed)
-        return parse_viscot_llava_item(payload, file, line - 1, seed=r.seed, known_sources=list(VISUAL_COT_SOURCES))
-
-
-def duplicate_flags(cands: list[dict]) -> list[dict | None]:
-    """For candidates sorted by (key, file, line): ``None`` for the first of each key, else the
-    kept candidate it duplicates. Duplicates share their key, hence their hash, rank and shard,
-    so they always meet in the same writer: no separate shuffle is needed to find them."""
-    out, first = [], None
-    for c in cands:
-        if first is not None and c["key"] == first["key"]:
-            out.append(first)
-        else:
-            first = c
-            out.append(None)
-    return out
+        return parse_record(self.recipe, source, file, line, payload)
 
 
 # --------------------------------------------------------------------------- selection and shards
@@ -211,13 +229,17 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
     """Bottom-k by seeded hash over distinct keys: the same seed and inputs select the same
     records anywhere. Records sharing a key (duplicates) share a hash and are counted once here;
     the writer keeps the first and rejects the others (``duplicate_key``). ``capped`` counts every
-    record, duplicates included, that the cap left out."""
-    from collections import Counter
+    record, duplicates included, that the cap left out. ``selected_hashes`` is a sorted
+    ``array('q')`` (8 bytes per selected record: it is a side input on every worker)."""
+    from array import array
 
     source, hashes = kv
     spec = recipe.llava if source == "llava" else recipe.sources.get(source)
-    mult = Counter(h for h in hashes if h is not None)  # None: the per-source seed, not a record
-    unique = sorted(mult)
+    ordered = sorted(h for h in hashes if h is not None)  # None: the per-source seed, not a record
+    unique = array("q")
+    for h in ordered:
+        if not unique or unique[-1] != h:
+            unique.append(h)
     n = 0 if spec is None else spec.resolve(len(unique))
     wanted = None if spec is None else (spec.cap if spec.cap is not None else n)
     if spec is not None and spec.cap is not None and spec.cap > len(unique):
@@ -227,9 +249,9 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
         # information, not a warning: a cap is an upper bound (the summary and stats.json report
         # the shortfall); recipes that need the exact count set strict_caps.
         log.info(msg)
-    taken = sum(mult[h] for h in unique[:n])
+    taken = bisect.bisect_right(ordered, unique[n - 1]) if n else 0
     return source, {"selected_hashes": unique[:n], "selected": n, "available": len(unique),
-                    "capped": sum(mult.values()) - taken, "wanted": wanted}
+                    "capped": len(ordered) - taken, "wanted": wanted}
 
 
 def shard_count(selection: dict, max_samples: int) -> int:
@@ -253,14 +275,17 @@ class AssignShardFn(beam.DoFn):
             acc += selection[s]["selected"]
         return n_shards, offsets
 
-    def process(self, cand, selection):
+    def process(self, item, selection):
+        """``item``: an :class:`Item` tuple; yields ``(shard index, item)`` when selected."""
         if self._plan is None or self._plan[0] is not selection:
             self._plan = (selection, self._make_plan(selection))
+            beam.metrics.Metrics.gauge(METRICS, "shards_planned").set(self._plan[1][0])
         n_shards, offsets = self._plan[1]
-        hashes = selection.get(cand["source"], {}).get("selected_hashes", [])
-        rank = bisect.bisect_left(hashes, cand["sort_hash"])
-        if rank < len(hashes) and hashes[rank] == cand["sort_hash"]:  # else above the cap
-            yield (offsets[cand["source"]] + rank) % n_shards, cand
+        it = Item._make(item)
+        hashes = selection.get(it.source, {}).get("selected_hashes", ())
+        rank = bisect.bisect_left(hashes, it.sort_hash)
+        if rank < len(hashes) and hashes[rank] == it.sort_hash:  # else above the cap
+            yield (offsets[it.source] + rank) % n_shards, item
 
 
 def prefetch(fn, items: list, window: int = 32, workers: int = 8) -> Iterator:
@@ -320,8 +345,11 @@ class WriteShardFn(beam.DoFn):
 
     MAX_PENDING = 2
 
-    def __init__(self, recipe: Recipe, out_dir: str, fail_on_internal_error: bool = False):
+    def __init__(self, recipe: Recipe, out_dir: str, fail_on_internal_error: bool = False,
+                 specs: list[tuple[str, str, str]] | None = None):
+        """``specs``: ``list_inputs(recipe)``, which :class:`Item`'s ``spec_index`` points into."""
         self.recipe, self.out_dir, self.fail_on_internal_error = recipe, out_dir, fail_on_internal_error
+        self.specs = specs
         self.internal_errors = beam.metrics.Metrics.counter(METRICS, "internal_errors")
         self.samples_written = beam.metrics.Metrics.counter(METRICS, "samples_written")
         self.shards_written = beam.metrics.Metrics.counter(METRICS, "shards_written")
@@ -402,6 +430,29 @@ class WriteShardFn(beam.DoFn):
             except Exception:  # noqa: BLE001 - the bundle's own error is the one re-raised
                 pass
 
+    def _order(self, v) -> tuple[str, str, int]:
+        """(key, file name, line): the writer's record order, and who wins among duplicates."""
+        if isinstance(v, dict):
+            return v["key"], v["source_file"], v["line"]
+        it = Item._make(v)
+        return it.key, posixpath.basename(self.specs[it.spec_index][2]), it.line
+
+    def _candidate(self, v) -> dict:
+        """The candidate of an :class:`Item`: its record read again and parsed again."""
+        if isinstance(v, dict):
+            return v
+        it = Item._make(v)
+        fmt, _, path = self.specs[it.spec_index]
+        payload = chunks.read_record(fmt, path, chunks.RecordRef(it.spec_index, it.line, it.start, it.end))
+        try:
+            cand = parse_record(self.recipe, it.source, posixpath.basename(path), it.line, payload)
+        except Rejected:
+            cand = None
+        if cand is None or cand["key"] != it.key:
+            raise RuntimeError(f"{path}: record {it.line} no longer parses to key {it.key}: the input changed "
+                               "while the build ran")
+        return cand
+
     @staticmethod
     def _commit(pending: io_.PendingShard, stats_path: str, stats: dict) -> dict:
         pending.commit()
@@ -409,35 +460,48 @@ class WriteShardFn(beam.DoFn):
         return stats
 
     def _write(self, shard: str, cands) -> tuple[io_.PendingShard, dict]:
-        """Tar the shard to a temporary file; returns it (not yet committed) and its stats."""
+        """Tar the shard to a temporary file; returns it (not yet committed) and its stats.
+
+        ``cands``: :class:`Item` tuples (the build: each record is read and parsed again here,
+        one at a time, so no stage holds parsed records) or candidate dicts (unit use)."""
         r = self.recipe
-        cands = sorted(cands, key=lambda c: (c["key"], c["source_file"], c["line"]))
-        dups = duplicate_flags(cands)
+        order = sorted((self._order(v) + (v,) for v in cands), key=lambda e: e[:3])
         rejects, per_source, per_kind = [], {}, {}
-        for c, first in zip(cands, dups):
-            if first is not None:
-                err = Rejected(STAGE_DEDUP, "duplicate_key",
-                               f"key {c['key']} already taken by {first['source_file']}:{first['line']}")
+        kept, first = [], None
+        for e in order:
+            # Duplicates share their key, hence their hash, rank and shard, so they always meet
+            # in the same writer (no shuffle of their own); the first by (file, line) is kept.
+            if first is not None and e[0] == first[0]:
+                c = self._candidate(e[3])
+                err = Rejected(STAGE_DEDUP, "duplicate_key", f"key {c['key']} already taken by {first[1]}:{first[2]}")
                 rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
-        cands = [c for c, first in zip(cands, dups) if first is None]
+            else:
+                first = e
+                kept.append(e[3])
+        del order
         sample_stats = summary.empty_sample_stats()
         image_root = ImageRoot(r.inputs.image_root)  # the root's real path, resolved once per shard
 
         def reject(c, err: Rejected) -> None:
             rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
 
-        def fetch(c):  # runs in I/O threads; a failure is returned, not raised, to keep order
-            if c["image_rel"] is None:
-                return None, None
+        def fetch(v):  # runs in I/O threads; a failure is returned, not raised, to keep order
             try:
-                return read_image(image_root, c["image_dirs"], c["image_rel"])
+                c = self._candidate(v)
+            except Exception as e:  # noqa: BLE001 - an I/O error or a changed input: fails the bundle
+                return e, None, None
+            if c["image_rel"] is None:
+                return c, None, None
+            try:
+                return (c, *read_image(image_root, c["image_dirs"], c["image_rel"]))
             except Exception as e:  # noqa: BLE001 - Rejected, or a bug / I/O error judged below
-                return e, None
+                return c, e, None
 
         def samples() -> Iterator:
             # Object stores have high latency per read: overlap reads in I/O threads. Local files
             # come from disk or page cache fast enough that thread hand-offs cost more than they save.
-            fetched = prefetch(fetch, cands) if not io_.is_local(r.inputs.image_root) else map(fetch, cands)
+            remote = not (io_.is_local(r.inputs.image_root) and all(io_.is_local(sp[2]) for sp in self.specs or ()))
+            fetched = prefetch(fetch, kept) if remote else map(fetch, kept)
             try:
                 yield from finalized(fetched)
             finally:  # on any error, stop the prefetch threads now, not at garbage collection
@@ -445,7 +509,9 @@ class WriteShardFn(beam.DoFn):
                     fetched.close()
 
         def finalized(fetched) -> Iterator:
-            for c, (rel, data) in zip(cands, fetched):
+            for c, rel, data in fetched:
+                if isinstance(c, BaseException):
+                    raise c
                 if isinstance(rel, OSError):
                     # An I/O failure (network, disk) says nothing about the record: fail the bundle
                     # so that the runner retries it, rather than publish a reject for a good record.
@@ -483,18 +549,6 @@ class WriteShardFn(beam.DoFn):
 INPUT_FIELD = {"cot_jsonl": "visual_cot_dir", "viscot_llava": "visual_cot_llava_json", "llava_json": "llava_json"}
 
 
-def checksum(spec: tuple[str, str, str]) -> dict:
-    """Size and sha256 of one input file, named relative to its recipe input (``input`` is the
-    ``recipe.inputs`` field, ``path`` the file name inside it): published files carry no path of
-    the machine that built them."""
-    h, n = hashlib.sha256(), 0
-    with FileSystems.open(spec[2], compression_type="uncompressed") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return {"input": INPUT_FIELD[spec[0]], "path": posixpath.basename(spec[2]), "bytes": n, "sha256": h.hexdigest()}
-
-
 def published_recipe(recipe: Recipe, with_input_roots: bool = True) -> dict:
     """The recipe as ``manifest.json`` states it: the input roots once (or null with
     ``--omit-input-roots``); the card shows it without them."""
@@ -529,34 +583,35 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error
     the job at once (CI, tests); otherwise it is an ``internal_error`` reject (see ``ParseFn``).
     ``publish_input_roots``: False leaves the input folders' paths out of ``manifest.json``."""
     specs = list_inputs(recipe)
-    files = p | "Inputs" >> beam.Create(specs)
-    read = files | "Read" >> beam.ParDo(ReadFn()).with_outputs(READ_COUNTS, main="records")
-    raw = read.records
+    indexed = (p | "Inputs" >> beam.Create(list(enumerate(specs)))
+               | "Index" >> beam.ParDo(IndexFn()).with_outputs(INPUT_SUMS, main="chunks"))
+    # Each file is streamed once by one worker (Index); its chunks are spread over all workers,
+    # which read and parse them. Valid records leave the parse as small Items (the record itself is
+    # read again by its shard writer), so no stage holds parsed records.
+    read = (indexed.chunks | "SpreadChunks" >> beam.Reshuffle()
+            | "ReadChunks" >> beam.ParDo(ReadChunkFn(specs)).with_outputs(READ_COUNTS, main="records"))
     read_counts = read[READ_COUNTS] | "CountRead" >> beam.CombinePerKey(sum)
-    # Parsing is light and runs where the file is read; the one shuffle of candidates is the
-    # group-by-shard below (duplicates meet there too, see duplicate_flags).
-    parsed = raw | "Parse" >> beam.ParDo(ParseFn(recipe, fail_on_internal_error)).with_outputs(REJECTS, main="ok")
+    parsed = read.records | "Parse" >> beam.ParDo(ParseFn(recipe, fail_on_internal_error)).with_outputs(REJECTS, main="ok")
     # Every source the recipe asks for gets a selection entry, even with no valid record at all,
     # so its cap shortfall is reported (and strict_caps fires): a None hash per source seeds it.
     wanted = sorted(recipe.sources) + (["llava"] if any(spec[1] == "llava" for spec in specs) else [])
     seeds = p | "RecipeSources" >> beam.Create([(source, None) for source in wanted])
-    selection = ((parsed.ok | "HashBySource" >> beam.Map(lambda c: (c["source"], c["sort_hash"])), seeds)
+    selection = ((parsed.ok | "HashBySource" >> beam.Map(lambda it: (it[0], it[1])), seeds)
                  | "WithRecipeSources" >> beam.Flatten()
                  | "CollectHashes" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
                  | "Select" >> beam.Map(select, recipe))
     shard_stats = (parsed.ok
                    | "Assign" >> beam.ParDo(AssignShardFn(recipe.shard_max_samples), beam.pvalue.AsDict(selection))
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir, fail_on_internal_error),
+                   | "WriteShards" >> beam.ParDo(WriteShardFn(recipe, out_dir, fail_on_internal_error, specs),
                                                beam.pvalue.AsDict(selection)))
     rejects = parsed[REJECTS]
-    inputs = files | "Checksum" >> beam.Map(checksum)
     AsList = beam.pvalue.AsList
     (p | "Finish" >> beam.Create([None])
        | "WriteOutputs" >> beam.Map(write_outputs, recipe=recipe, out_dir=out_dir,
                                     shard_stats=AsList(shard_stats), rejects=AsList(rejects),
                                     read=AsList(read_counts), selection=beam.pvalue.AsDict(selection),
-                                    inputs=AsList(inputs), publish_input_roots=publish_input_roots))
+                                    inputs=AsList(indexed[INPUT_SUMS]), publish_input_roots=publish_input_roots))
 
 
 def progress_counters(result) -> dict[str, int]:

@@ -277,10 +277,10 @@ def test_lost_elements_fail_reconciliation(tmp_path, monkeypatch):
 
     original = build.AssignShardFn.process
 
-    def lossy_process(self, cand, selection):
-        if cand["source"] == "gqa" and cand["line"] == 3:
+    def lossy_process(self, item, selection):
+        if build.Item._make(item).source == "gqa" and build.Item._make(item).line == 3:
             return iter(())  # the element vanishes without a reject
-        return original(self, cand, selection)
+        return original(self, item, selection)
 
     monkeypatch.setattr(build.AssignShardFn, "process", lossy_process)
     with pytest.raises(Exception) as e:
