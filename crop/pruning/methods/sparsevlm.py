@@ -32,7 +32,8 @@ scaled), ``counts`` (per-stage targets), ``recycle`` (True), ``freeze``.
 
 Differences from the code (docs/baselines.md): each recycled token sits at the position of its
 cluster centre (the code appends the merged tokens after the kept visual tokens and renumbers all
-positions 0..M-1); no random jitter of the densities (ties go to the lower position); any batch
+positions 0..M-1); no random jitter of the densities (equal densities are common: two mutual
+nearest neighbours; ties go to the lower position); any batch
 size (the code runs batch 1).
 """
 
@@ -119,7 +120,7 @@ def sparsevlm_select(relation: np.ndarray, states: np.ndarray, cand: np.ndarray,
     deleted = cand[order[topk:]]
     merged: dict[int, np.ndarray] = {}
     if clusters and deleted.size:
-        pool = deleted[:merge_count(deleted.size)]  # deleted are already in score order: top 30 % + 1
+        pool = np.sort(deleted[:merge_count(deleted.size)])  # top 30 % (+1) by score, in position order
         centres, labels = dpc_knn(states[pool], min(clusters, pool.size))
         for j, ci in enumerate(centres):
             merged[int(pool[ci])] = np.sort(pool[labels == j])
