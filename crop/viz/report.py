@@ -138,7 +138,8 @@ def _bar(value: int, top: int, px: int = 240) -> _Raw:
     return _Raw(f'<span class="bar" style="width:{round(px * value / top) if top else 0}px"></span>')
 
 
-def build_report(folder: str, out_path: str, n_gallery: int = 24, thumb_width: int = 320) -> str:
+def build_report(folder: str, out_path: str, n_gallery: int = 24, thumb_width: int = 320,
+                 self_rows: str | None = None) -> str:
     """Write the HTML report of the built dataset in ``folder`` to ``out_path``; return the path."""
     from crop.viz.show import picture, shard_paths
 
@@ -196,6 +197,11 @@ def build_report(folder: str, out_path: str, n_gallery: int = 24, thumb_width: i
     for shard, reason in skipped:
         print(f"crop report: skipped the rest of damaged shard {shard}: {reason}", file=sys.stderr)
 
+    if self_rows:  # `crop eval --method self` rows: block scores and the chosen rectangle
+        from crop.viz.self_region import self_region_section
+
+        sec.append(self_region_section(self_rows, n_gallery))
+
     shard_rows = [[s.get("shard"), s.get("samples"), s.get("bytes")] for s in manifest.get("shards", [])]
     sec.append(f"<details><summary>{len(shard_rows)} shards</summary>"
                + _table(["shard", "samples", "bytes"], shard_rows, numeric=(1, 2)) + "</details>")
@@ -215,11 +221,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     parser.add_argument("--n", type=int, default=24, help="gallery size (default 24)")
     parser.add_argument("--width", type=int, default=320, help="gallery picture width in pixels (default 320)")
+    parser.add_argument("--self-rows", default=None, help="efficiency.jsonl of a `crop eval --method self` run: "
+                        "adds block-score pictures with the chosen rectangles")
 
 
 def run(args) -> int:
     try:
-        print(build_report(args.folder, args.out, n_gallery=args.n, thumb_width=args.width))
+        print(build_report(args.folder, args.out, n_gallery=args.n, thumb_width=args.width,
+                           self_rows=getattr(args, "self_rows", None)))
     except FileNotFoundError as e:
         print(f"crop report: {e}")
         return 2
