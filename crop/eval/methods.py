@@ -96,9 +96,21 @@ def _visual_count(engine: "Engine", inputs: dict) -> int:
     return int((ids == engine.image_token_id).sum()) if ids is not None else 0
 
 
+def with_layer_avg(engine: "Engine", info: dict, layer: int) -> dict:
+    """Add ``stages`` and ``visual_tokens_layer_avg`` (the second budget convention,
+    docs/baselines.md) to a row whose kept tokens are seen from decoder layer ``layer`` on."""
+    from crop.pruning.methods.builtin import num_decoder_layers
+    from crop.pruning.registry import layer_averaged
+
+    n, k = info["visual_tokens_in"], info["visual_tokens_kept"]
+    layers = num_decoder_layers(engine.model) if layer > 0 else 1  # before the LLM: k at every layer
+    info.update(stages=[[layer, k]], visual_tokens_layer_avg=layer_averaged(n, [(layer, k)], layers))
+    return info
+
+
 def method_none(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
     n = _visual_count(engine, inputs)
-    return engine.generate(inputs), {"visual_tokens_in": n, "visual_tokens_kept": n}
+    return engine.generate(inputs), with_layer_avg(engine, {"visual_tokens_in": n, "visual_tokens_kept": n}, 0)
 
 
 def keep_plan(engine: "Engine", inputs: dict, ctx: dict) -> Any:
@@ -140,7 +152,7 @@ def method_ilp(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
     plan = keep_plan(engine, inputs, ctx)
     with attach_ilp(engine.model, plan, layer=engine.cfg.method.layer):
         out = engine.generate(inputs)
-    return out, plan_info(plan)
+    return out, with_layer_avg(engine, plan_info(plan), engine.cfg.method.layer)
 
 
 def plan_info(plan: Any) -> dict:
@@ -159,7 +171,7 @@ def method_prune(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
 
     plan = keep_plan(engine, inputs, ctx)
     out = engine.generate(prune_inputs(engine.model, inputs, plan))  # (1, new): embeds-only input
-    return out, {**plan_info(plan), "output_has_prompt": False}
+    return out, {**with_layer_avg(engine, plan_info(plan), 0), "output_has_prompt": False}
 
 
 def method_fastv(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
@@ -171,7 +183,8 @@ def method_fastv(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:
         out = engine.generate(inputs)
         kept = handle.kept_counts
     n = layouts[0].num_visual
-    return out, {"visual_tokens_in": n, "visual_tokens_kept": kept[0] if kept else min(budget, n)}
+    info = {"visual_tokens_in": n, "visual_tokens_kept": kept[0] if kept else min(budget, n)}
+    return out, with_layer_avg(engine, info, engine.cfg.method.layer)
 
 
 def method_plc(engine: "Engine", inputs: dict, ctx: dict) -> tuple[Any, dict]:

@@ -341,12 +341,16 @@ def geometric_counts(n: int, budget: int, stages: int) -> list[int]:
 
 
 def scaled_layers(default: Sequence[int], num_layers: int, reference: int = 32) -> list[int]:
-    """A schedule given for a ``reference``-layer model, scaled to ``num_layers`` (round, >= 1)."""
-    got = [max(1, int(round(layer * num_layers / reference))) for layer in default]
-    if any(b <= a for a, b in zip(got, got[1:])) or got[-1] >= num_layers:
-        raise ValueError(f"the default stage layers {list(default)} of a {reference}-layer model do not scale to "
-                         f"{num_layers} layers ({got}); give options.layers")
-    return got
+    """A schedule given for a ``reference``-layer model, scaled to ``num_layers``.
+
+    Each layer is rounded and kept within ``1 .. num_layers - 1``; stages that coincide after
+    rounding merge (a 3-layer test model gets 2 stages of PyramidDrop's 3), so the last stage
+    still keeps R.
+    """
+    if num_layers < 2:
+        raise ValueError(f"a staged method needs at least 2 decoder layers, the model has {num_layers}")
+    got = [min(max(1, int(round(layer * num_layers / reference))), num_layers - 1) for layer in default]
+    return sorted(set(got))
 
 
 def staged_rows(handle: StagedHandle, layouts: Sequence[SampleLayout], num_layers: int, **extra: Any) -> list[dict]:
