@@ -2,13 +2,20 @@
 
 Decoding is greedy at batch size 1, as LLaVA-1.5's evaluation. Latency is measured around the
 method adapter's ``generate`` with :class:`crop.eval.efficiency.LatencyProbe` on the underlying
-VLM (the wrapped LLaVA for PLC).
+VLM (the wrapped LLaVA for PLC), per phase (image encoding, prefill forward, decode, KV cache).
+
+An in-process localizer is timed apart (``localizer_s``), never inside the VLM's figures. With
+:meth:`Engine.ahead_regions` (``crop eval --ahead-of-time``) it runs on a worker thread one
+question ahead of the VLM (:func:`crop.models.ahead.predict_ahead`, paper Sec. 4.4); each row
+then also says how long the VLM waited for its region (``localizer_wait_s``): after the first
+question, only as long as the localizer is slower than the VLM.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from crop.eval.config import AVERAGE_METHODS, REGION_METHODS, BenchmarkConfig, EvalConfig
 from crop.eval.methods import METHODS, RegionSource
@@ -24,6 +31,7 @@ class Engine:
         self.regions = RegionSource(cfg.method) if cfg.method.name in REGION_METHODS else None
         self.max_new_tokens = 128
         self._region_cache: dict[tuple[str, str], Any] = {}  # (benchmark, key) -> region: a localizer runs once
+        self._localizer_s: dict[tuple[str, str], dict[str, float]] = {}  # (benchmark, key) -> localizer timing
         self._scales: dict[str, float] = {}  # benchmark -> averaged-budget scale
 
     @classmethod
@@ -56,8 +64,65 @@ class Engine:
         if self.regions is None:
             return None
         if (benchmark, item.key) not in self._region_cache:
-            self._region_cache[benchmark, item.key] = self.regions.region(item, original, benchmark)
+            region, seconds = self._timed_region(item, original, benchmark)
+            self._region_cache[benchmark, item.key] = region
+            if seconds is not None:
+                self._localizer_s[benchmark, item.key] = {"localizer_s": seconds}
         return self._region_cache[benchmark, item.key]
+
+    def _timed_region(self, item: Any, original: Any, benchmark: str) -> tuple[Any, float | None]:
+        """(region, localizer seconds or None for a regions file); CUDA work is synchronised."""
+        from crop.eval.efficiency import _sync
+
+        localizer = self.regions.localizer
+        if localizer is None:
+            return self.regions.region(item, original, benchmark), None
+        device = next(localizer.model.parameters()).device
+        _sync(device)
+        t = time.perf_counter()
+        region = self.regions.region(item, original, benchmark)
+        _sync(device)
+        return region, time.perf_counter() - t
+
+    def ahead_regions(self, items: Iterable[Any], bench: BenchmarkConfig) -> Iterator[Any]:
+        """Yield ``items`` in order with their regions already in the cache, the localizer
+        running one question ahead on a worker thread (its own CUDA stream on a GPU).
+
+        Each region's wait -- how long this (the VLM's) thread blocked for it -- is recorded for
+        the question's efficiency row. Without an in-process localizer the items pass through.
+        Regions already cached (e.g. by ``budget_mode: average``'s calibration, which must see
+        every region before the first answer) are not computed again.
+        """
+        if self.regions is None or self.regions.localizer is None:
+            yield from items
+            return
+        from PIL import Image
+
+        from crop.models.ahead import predict_ahead
+
+        class _Worker:
+            """``predict`` for one question -> [(region, seconds)]: runs on predict_ahead's thread."""
+
+            def predict(inner, images: list, questions: list) -> list:
+                (item,) = questions
+                if (bench.name, item.key) in self._region_cache or not item.image:
+                    return [(self._region_cache.get((bench.name, item.key)), None)]
+                original = Image.open(Path(bench.image_folder) / item.image).convert("RGB")
+                return [self._timed_region(item, original, bench.name)]
+
+        stream = next(self.regions.localizer.model.parameters()).device.type == "cuda"
+        batches = predict_ahead(_Worker(), items, depth=1, get_inputs=lambda it: ([None], [it]), cuda_stream=stream)
+        while True:
+            t = time.perf_counter()
+            try:
+                item, [(region, seconds)] = next(batches)
+            except StopIteration:
+                return
+            wait = time.perf_counter() - t
+            if seconds is not None:
+                self._region_cache[bench.name, item.key] = region
+                self._localizer_s[bench.name, item.key] = {"localizer_s": seconds, "localizer_wait_s": wait}
+            yield item
 
     def budget_scale(self, bench: BenchmarkConfig) -> float | None:
         """The benchmark's one region scale under ``budget_mode: average`` (None otherwise)."""
@@ -109,7 +174,7 @@ class Engine:
         """Greedy answer to one question and its efficiency row (latency, visual tokens, region)."""
         from PIL import Image
 
-        from crop.eval.efficiency import LatencyProbe
+        from crop.eval.efficiency import LatencyProbe, encoder_modules
 
         self.max_new_tokens = bench.max_new_tokens
         image = size_wh = region = None
@@ -126,7 +191,7 @@ class Engine:
         ctx = {"key": item.key, "size_wh": size_wh, "image": image, "prompt": prompt, "message": item.message,
                "region": region, "budget_scale": self.budget_scale(bench) if region is not None else None}
         target = getattr(self.model, "llava", self.model)
-        with LatencyProbe(target) as probe:
+        with LatencyProbe(target, encoder_modules(self.model)) as probe:  # a PLC wrapper's compressor too
             probe.start()
             out, info = METHODS[name](self, inputs, ctx)
             timing = probe.stop()
@@ -138,4 +203,5 @@ class Engine:
             info["region"] = list(ctx["region"])
         if ctx["budget_scale"] is not None:
             info["budget_scale"] = ctx["budget_scale"]
-        return text, {**info, **timing, "new_tokens": int(new.numel())}
+        localizer = self._localizer_s.get((bench.name, item.key), {}) if region is not None else {}
+        return text, {**info, **timing, **localizer, "new_tokens": int(new.numel())}

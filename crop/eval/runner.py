@@ -7,8 +7,13 @@ Run folder (``output_dir``)::
     config.yaml               resolved configuration (a resume with a different one is refused)
     summary.json              label, model, method, budget, scores and efficiency per benchmark
     <benchmark>/answers.jsonl LLaVA-1.5 answer-file rows, appended as they are produced
-    <benchmark>/efficiency.jsonl  per-question latency / visual-token rows
+    <benchmark>/efficiency.jsonl  per-question rows: latency per phase (image encoding, prefill
+                              forward, decode, KV cache), KV bytes, localizer time, visual tokens
     <benchmark>/scores.json, efficiency.json (and submission.json for VQAv2)
+
+``--ahead-of-time``: an in-process localizer (``method.localizer``) runs one question ahead of
+the VLM on a worker thread (paper Sec. 4.4, :meth:`crop.eval.engine.Engine.ahead_regions`);
+answers are the same, the rows add how long the VLM waited for each region.
 
 Resumable: questions whose ``(question_id, prompt)`` is already in ``answers.jsonl`` are skipped.
 
@@ -52,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-mode", choices=("rect", "average"),
                         help="override method.budget_mode: rect (~R per image) or average (mean R over the run)")
     parser.add_argument("--no-score", action="store_true", help="write answers only")
+    parser.add_argument("--ahead-of-time", action="store_true",
+                        help="run the in-process localizer (method.localizer) one question ahead of the VLM "
+                             "on a worker thread; rows add localizer_wait_s (paper Sec. 4.4)")
 
 
 # ============================================================================ loop and CLI
@@ -88,8 +96,10 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
                                  f"({old.get(part)} != {new.get(part)}); use another output_dir")
 
 
-def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path) -> dict[str, Any]:
-    """Answer one benchmark (resuming), then score it; returns its summary entry."""
+def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path, ahead_of_time: bool = False) -> dict[str, Any]:
+    """Answer one benchmark (resuming), then score it; returns its summary entry.
+
+    ``ahead_of_time``: the localizer runs one question ahead (:meth:`Engine.ahead_regions`)."""
     from tqdm import tqdm
 
     from crop.eval import efficiency
@@ -104,8 +114,12 @@ def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path) -> dict[s
     done = done_keys(answers_path)
     todo = [it for it in items if (str(it.question_id), it.prompt) not in done]
     efficiency.reset_peak_memory(engine.device)
+    stream: Any = todo
+    if ahead_of_time:
+        engine.budget_scale(bench)  # an averaged budget's calibration sees every region first, before the worker starts
+        stream = engine.ahead_regions(todo, bench)
     with open(answers_path, "a", encoding="utf-8") as fa, open(eff_path, "a", encoding="utf-8") as fe:
-        for item in tqdm(todo, desc=f"{cfg.label}/{bench.name}", unit="q", initial=len(items) - len(todo),
+        for item in tqdm(stream, desc=f"{cfg.label}/{bench.name}", unit="q", initial=len(items) - len(todo),
                          total=len(items)):
             text, info = engine.answer(item, bench)
             fa.write(json.dumps({"question_id": item.question_id, "prompt": item.prompt, "text": text,
@@ -117,6 +131,7 @@ def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path) -> dict[s
     eff_rows = read_jsonl(eff_path) if eff_path.exists() else []
     eff = efficiency.summarize(eff_rows, efficiency.peak_memory_bytes(engine.device), str(engine.device))
     eff["answered_this_session"] = len(todo)
+    eff["ahead_of_time"] = bool(ahead_of_time)
     (bdir / "efficiency.json").write_text(json.dumps(eff, indent=2), encoding="utf-8")
     entry: dict[str, Any] = {"answers": str(answers_path), "efficiency": eff, "n_questions": len(items)}
     if not cfg.score:
@@ -159,8 +174,14 @@ def score_benchmark(bench: Any, answers_path: Path, bdir: Path) -> dict[str, Any
     return out
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Run every benchmark of ``cfg``; writes and returns the run summary."""
+def run_eval(cfg: EvalConfig, ahead_of_time: bool = False) -> dict[str, Any]:
+    """Run every benchmark of ``cfg``; writes and returns the run summary.
+
+    ``ahead_of_time`` needs an in-process localizer (``method.localizer``): it changes when the
+    localizer runs, not what is answered, so it is a run option, not part of the configuration."""
+    if ahead_of_time and (not cfg.method.localizer or cfg.method.regions or cfg.method.name not in REGION_METHODS):
+        raise SystemExit("--ahead-of-time needs an in-process localizer (method.localizer); "
+                         f"method {cfg.method.name!r} has none (regions from a file need no localizer run)")
     import yaml
 
     out = Path(cfg.output_dir)
@@ -178,7 +199,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     engine = Engine.load(cfg)
     for bench in cfg.benchmarks:
-        summary["benchmarks"][bench.name] = run_benchmark(engine, cfg, bench, out)
+        summary["benchmarks"][bench.name] = run_benchmark(engine, cfg, bench, out, ahead_of_time)
         summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
@@ -189,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, score=False)
     print(f"crop eval: {cfg.label} ({cfg.model.name}, method {cfg.method.name}) on "
           f"{', '.join(b.name for b in cfg.benchmarks)} -> {cfg.output_dir}", file=sys.stderr)
-    summary = run_eval(cfg)
+    summary = run_eval(cfg, ahead_of_time=getattr(args, "ahead_of_time", False))
     for name, entry in summary["benchmarks"].items():
         shown = f"{entry['score']:.2f}" if "score" in entry else entry.get("score_skipped", "not scored")
         if "score" in entry and not entry.get("complete"):
