@@ -22,6 +22,13 @@ before completeness was recorded) is printed with a trailing ``†`` and a footn
 RelAcc refuses to use such a cell -- of the row or of its baseline -- with a one-line error
 naming the run and benchmark, unless ``allow_incomplete`` (``--allow-incomplete``) is set; the
 RelAcc computed from incomplete cells is marked ``†`` too.
+
+By budget (``--convention kept|layer_avg``, :func:`build_budget_table`): methods as rows, one
+column group per token budget (Table 2's 192 / 128 / 64), the benchmarks and RelAcc in each. A
+run joins the group of the budget nearest its *measured* mean count on the chosen convention
+(``visual_tokens_kept`` or ``visual_tokens_layer_avg`` of its per-question rows, within 15 %),
+else a group of its own (``~96 tokens``); the "Tok." column shows the count, so FastV at R = 64,
+K = 2 reads 64 on one convention and 96 on the other. The baseline row repeats in every group.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ class Row:
     relacc_incomplete: bool = False                            # RelAcc used an incomplete cell
     budget: int | float | None = None                          # the run's method.budget
     kept_mean: float | None = None                             # mean visual tokens kept (efficiency)
+    method: str = ""                                           # the run's method.name
+    budget_mode: str | None = None                             # the run's method.budget_mode
 
 
 def incomplete_reason(entry: dict) -> str | None:
@@ -124,7 +133,8 @@ def load_row(run_dir: str | Path) -> Row:
     section = s.get("section") or default_section(s.get("budget"), s.get("method"), kept, s.get("budget_mode"))
     return Row(label=s.get("label") or Path(run_dir).name, section=section, scores=scores,
                model=s.get("model") or "", path=str(run_dir), incomplete=incomplete,
-               budget=s.get("budget"), kept_mean=kept)
+               budget=s.get("budget"), kept_mean=kept, method=s.get("method") or "",
+               budget_mode=s.get("budget_mode"))
 
 
 def row_relacc(row: Row, base: Row, benchmarks: list[str], allow_incomplete: bool = False) -> float | None:
@@ -304,6 +314,172 @@ def grouped_markdown(table: GroupedTable, benchmarks: list[str], decimals: int =
     return "\n".join(lines) + "\n" + _footnote([r for slot in table.cells.values() for r in slot.values()], cols)
 
 
+# ----------------------------------------------------------------------------- budget conventions
+# Table 2 by budget: methods as rows, one column group per token budget, placed on either
+# convention (docs/baselines.md): tokens kept after the last pruning stage, or the visual tokens
+# averaged over all decoder layers (a method keeping 576 tokens for K layers and 64 after is not
+# "64 tokens" on that basis, and lands in another column group or one of its own).
+CONVENTIONS = {"kept": "visual_tokens_kept", "layer_avg": "visual_tokens_layer_avg"}
+CONVENTION_TITLES = {"kept": "visual tokens kept after pruning", "layer_avg": "visual tokens averaged over the LLM layers"}
+
+
+def prunes_before_llm(method: str) -> bool:
+    """Whether ``method`` changes only what enters the LLM (both conventions then agree)."""
+    from crop.pruning.registry import METHODS
+
+    if method == "plc":  # crop eval's PLC: the compressed projector's tokens at every layer
+        return True
+    spec = METHODS.get(method)
+    return spec is not None and spec.stage in ("none", "before_llm")
+
+
+def token_count(row: Row, convention: str) -> float | None:
+    """Mean visual tokens of a run on ``convention`` over every answered question.
+
+    Read from the per-question rows (``<run>/<benchmark>/efficiency.jsonl``). A row without the
+    layer-averaged count (written before it existed) counts its kept tokens when the method prunes
+    before the LLM (equal on both conventions); otherwise the run's count is unknown (None).
+    """
+    field_name = CONVENTIONS[convention]
+    vals: list[float] = []
+    for bench in row.scores:
+        path = Path(row.path) / bench / "efficiency.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            value = rec.get(field_name)
+            if value is None and convention == "layer_avg" and prunes_before_llm(row.method):
+                value = rec.get("visual_tokens_kept")
+            if value is None:
+                return None
+            vals.append(float(value))
+    return sum(vals) / len(vals) if vals else None
+
+
+def place_budget(count: float, budgets: list[int]) -> int | None:
+    """The budget whose group a run with ``count`` tokens joins: the nearest within ``NEAR``."""
+    if not budgets:
+        return None
+    best = min(budgets, key=lambda b: (abs(b - count), -b))
+    return best if abs(best - count) <= NEAR * best else None
+
+
+def budget_free_name(row: Row) -> str:
+    """The row name: the label without ``"<model>/"`` and without a default ``-R<budget>`` suffix."""
+    from crop.eval.config import budget_label
+
+    name = method_name(row)
+    suffix = budget_label(row.budget, row.budget_mode or "rect")
+    return name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+
+
+@dataclass
+class BudgetTable:
+    """``cells[(name, group)]``: the run of row ``name`` in budget group ``group``."""
+
+    convention: str
+    groups: list[str]
+    keys: list[str]
+    cells: dict[tuple[str, str], Row]
+    tokens: dict[str, float]             # run path -> mean count on the convention
+    baseline: str
+
+
+def build_budget_table(runs: list[str], baseline: str, benchmarks: list[str], convention: str,
+                       budgets: list[int] | None = None, allow_incomplete: bool = False) -> BudgetTable:
+    """Place every run in the budget group nearest its measured count on ``convention``."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
+    base = load_row(baseline)
+    base.relacc = row_relacc(base, base, benchmarks, allow_incomplete)
+    loaded = [load_row(r) for r in runs if not _same(r, baseline)]
+    if budgets is None:
+        budgets = sorted({r.budget for r in loaded if isinstance(r.budget, int) and not isinstance(r.budget, bool)},
+                         reverse=True)
+    budgets = [int(b) for b in budgets]
+    tokens: dict[str, float] = {}
+    for row in [base] + loaded:
+        count = token_count(row, convention)
+        if count is None:
+            raise ValueError(f"{row.path}: its per-question rows have no {CONVENTIONS[convention]} "
+                             "(written by an older crop eval); re-run it, or use --convention kept")
+        tokens[row.path] = count
+    placed: list[tuple[Row, str]] = []
+    extra: dict[str, float] = {}
+    for row in loaded:
+        row.relacc = row_relacc(row, base, benchmarks, allow_incomplete)
+        b = place_budget(tokens[row.path], budgets)
+        group = str(b) if b is not None else f"~{tokens[row.path]:.0f}"
+        if b is None:
+            extra[group] = tokens[row.path]
+        placed.append((row, group))
+    groups = [str(b) for b in budgets] + sorted(extra, key=lambda g: -extra[g])
+    groups = [g for g in groups if any(grp == g for _, grp in placed)] or groups
+    base_name = budget_free_name(base)
+    keys, cells = [base_name], {(base_name, g): base for g in groups}
+    for row, group in placed:
+        name = budget_free_name(row)
+        if (name, group) in cells:
+            raise ValueError(f"{row.path}: a second run of {name!r} in the {group}-token group "
+                             f"({cells[(name, group)].path}); give the runs distinct labels")
+        cells[(name, group)] = row
+        if name not in keys:
+            keys.append(name)
+    return BudgetTable(convention, groups, keys, cells, tokens, base_name)
+
+
+def _group_title(group: str) -> str:
+    return f"{group} tokens"
+
+
+def _tok(table: BudgetTable, r: Row | None) -> str:
+    return "-" if r is None else f"{table.tokens[r.path]:.1f}"
+
+
+def budget_markdown(table: BudgetTable, benchmarks: list[str], decimals: int = 1) -> str:
+    """Header row of budget groups, then "Tok." (the measured count) + benchmarks + RelAcc per group."""
+    cols = benchmarks + ["relacc"]
+    titles = ["Tok."] + [COLUMN_TITLES.get(b, b) for b in benchmarks] + ["RelAcc"]
+    width = len(titles) * len(table.groups)
+    lines = [f"Budgets on {CONVENTION_TITLES[table.convention]} (`{CONVENTIONS[table.convention]}`); "
+             "Tok. = the run's measured mean.", "",
+             "| Method | " + " | ".join(" | ".join([_group_title(g)] + [""] * (len(titles) - 1))
+                                     for g in table.groups) + " |",
+             "|---|" + "---:|" * width,
+             "| | " + " | ".join(" | ".join(titles) for _ in table.groups) + " |"]
+    methods = [k for k in table.keys if k != table.baseline]
+    per_group = {g: _cells([table.cells.get((k, g)) for k in methods], cols, decimals) for g in table.groups}
+    base_cells = [[_tok(table, table.cells[(table.baseline, g)])] +
+                  [_cell(table.cells[(table.baseline, g)], c, decimals) for c in cols] for g in table.groups]
+    lines.append(f"| {table.baseline} | " + " | ".join(" | ".join(c) for c in base_cells) + " |")
+    for i, key in enumerate(methods):
+        parts = []
+        for g in table.groups:
+            r = table.cells.get((key, g))
+            parts.append(" | ".join([_tok(table, r)] + (per_group[g][i] if r is not None else ["-"] * len(cols))))
+        lines.append(f"| {key} | " + " | ".join(parts) + " |")
+    rows = list(table.cells.values())
+    return "\n".join(lines) + "\n" + _footnote(rows, cols)
+
+
+def budget_csv(table: BudgetTable, benchmarks: list[str], decimals: int = 1) -> str:
+    cols = benchmarks + ["relacc"]
+    titles = ["Tok."] + [COLUMN_TITLES.get(b, b) for b in benchmarks] + ["RelAcc"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["convention", "method"] + [f"{_group_title(g)} {t}" for g in table.groups for t in titles])
+    for key in table.keys:
+        out = []
+        for g in table.groups:
+            r = table.cells.get((key, g))
+            out += [_tok(table, r)] + [_cell(r, c, decimals) for c in cols]
+        w.writerow([CONVENTIONS[table.convention], key] + out)
+    return buf.getvalue()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run folders written by `crop eval`")
     parser.add_argument("--baseline", required=True, nargs="+",
@@ -316,12 +492,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decimals", type=int, default=1, help="decimals of the scores (default 1; MME is an integer)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="compute RelAcc even from incomplete cells (partial or duplicated answers); marked †")
+    parser.add_argument("--convention", choices=sorted(CONVENTIONS),
+                        help="methods as rows and one column group per token budget, each run placed by its "
+                             "measured count: kept = visual tokens after the last pruning stage, layer_avg = "
+                             "visual tokens averaged over the LLM's layers (docs/baselines.md)")
+    parser.add_argument("--budgets", nargs="+", type=int,
+                        help="the column groups of --convention (default: the runs' integer budgets); a run "
+                             f"more than {NEAR:.0%} from every budget gets a group of its own")
     parser.add_argument("--md", help="write Markdown here (default: print it)")
     parser.add_argument("--csv", help="write CSV here")
 
 
 def run(args: argparse.Namespace) -> int:
-    if len(args.baseline) > 1 or args.by_model:
+    if args.convention:
+        if len(args.baseline) > 1 or args.by_model:
+            raise ValueError("--convention lays out one model (one baseline); run it once per model")
+        table = build_budget_table(args.runs, args.baseline[0], args.benchmarks, args.convention, args.budgets,
+                                   args.allow_incomplete)
+        md = budget_markdown(table, args.benchmarks, args.decimals)
+        csv_text = budget_csv(table, args.benchmarks, args.decimals)
+    elif len(args.baseline) > 1 or args.by_model:
         table = build_grouped(args.runs, args.baseline, args.benchmarks, args.baseline_name, args.allow_incomplete)
         md = grouped_markdown(table, args.benchmarks, args.decimals)
         csv_text = grouped_csv(table, args.benchmarks, args.decimals)
