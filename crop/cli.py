@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict-regions": ("crop.models.localizer_cmd", "predict regions with a trained localizer"),
     "eval-localizer": ("crop.eval.localization", "area recall / IoU of a localizer on shards"),
     "train-plc": ("crop.train.plc", "co-fine-tune LLaVA-1.5 with the PLC module"),
+    "train-projector": ("crop.train.projector_ft", "fine-tune LLaVA-1.5's projector on VisionZip-pruned tokens"),
     "eval": ("crop.eval.runner", "run a model x method x budget over a benchmark and score it"),
     "score": ("crop.eval.score_cmd", "score an answer file with a benchmark's official rules"),
     "table": ("crop.eval.tables", "assemble a Table-2-style results table from several runs"),

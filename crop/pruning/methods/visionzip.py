@@ -20,8 +20,8 @@ merged = 64 vectors (its ``apply_info`` stores ``dominant - 1`` for the top-k). 
 the official splits 54/10, 108/20, 162/30 for R = 64/128/192, i.e. ``dominant = round(R * 27 /
 32)``, ``contextual = R - dominant``; ``options: {dominant: D, contextual: C}`` overrides
 (D + C = R). ``options: {projector: PATH}`` loads a projector fine-tuned on the pruned tokens
-(VisionZip‡, ``crop train-projector``; a ``torch.save``'d state dict, read with
-``weights_only=True``). Families: LLaVA-1.5 only (LLaVA-NeXT's per-tile selection and Qwen2-VL,
+(VisionZip‡, ``crop train-projector``'s ``projector.safetensors``, or a ``torch.save``'d
+state dict read with ``weights_only=True``). Families: LLaVA-1.5 only (LLaVA-NeXT's per-tile selection and Qwen2-VL,
 whose encoder has no [CLS], are not implemented: docs/baselines.md).
 """
 
@@ -115,8 +115,13 @@ def visionzip_tokens(hidden: torch.Tensor, cls_attn: torch.Tensor, keys: torch.T
 def load_projector(model: Any, path: str) -> torch.nn.Module:
     """A copy of the model's projector with the fine-tuned weights at ``path`` (VisionZip‡)."""
     proj = copy.deepcopy(model.model.multi_modal_projector)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    proj.load_state_dict(state)
+    if str(path).endswith(".safetensors"):  # what crop train-projector exports
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    proj.load_state_dict(state)  # strict: a projector of another shape is refused
     return proj.to(next(model.model.multi_modal_projector.parameters()).device)
 
 
