@@ -39,6 +39,7 @@ later prefills, for an uncached ``generate``).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -163,25 +164,45 @@ def rect_cell_costs(lay: SampleLayout, image_index: int, image_wh: tuple[int, in
 
     Uses :func:`crop.pruning.region_map.view_keep_mask` per axis span: an exact keep mask is the
     product of the token rows a y-span overlaps and the token columns an x-span overlaps. The
-    whole image keeps every cell (the identity, padding included), as in ILP.
+    whole image keeps every cell (the identity, padding included), as in ILP. Cached per view
+    geometry and image size (a benchmark's images mostly share a few sizes).
     """
-    rects = all_rects(grid)
-    spans = [(a, b) for a in range(grid) for b in range(a, grid)]
-    costs = np.zeros(len(rects))
+    costs = np.zeros(len(all_rects(grid)))
     for view in (v for v in lay.views if v.image_index == image_index):
-        rows_of, cols_of = {}, {}
-        for a, b in spans:
-            mx = view_keep_mask((a / grid, 0.0, (b + 1) / grid, 1.0), view, image_wh, llava_geometry,
-                                whole_is_identity=False)
-            my = view_keep_mask((0.0, a / grid, 1.0, (b + 1) / grid), view, image_wh, llava_geometry,
-                                whole_is_identity=False)
-            cols_of[a, b], rows_of[a, b] = int(mx.any(0).sum()), int(my.any(1).sum())
-        for i, (x0, y0, x1, y1) in enumerate(rects.tolist()):
-            if (x0, y0, x1, y1) == (0, 0, grid - 1, grid - 1):
-                costs[i] += view.grid_hw[0] * view.grid_hw[1]
-            else:
-                costs[i] += rows_of[y0, y1] * cols_of[x0, x1]
+        costs += _view_rect_costs(_ViewKey(view), None if image_wh is None else tuple(image_wh), llava_geometry, grid)
     return costs
+
+
+class _ViewKey:
+    """A view reduced to what the region mapping reads (kind, grid, geometry), hashable for caching."""
+
+    def __init__(self, view: ViewGrid):
+        self.view = view
+        self.key = (view.kind, view.grid_hw, tuple(sorted(view.geometry.items())))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _ViewKey) and self.key == other.key
+
+
+@lru_cache(maxsize=512)
+def _view_rect_costs(vk: _ViewKey, image_wh, llava_geometry: str, grid: int) -> np.ndarray:
+    view = vk.view
+    spans = [(a, b) for a in range(grid) for b in range(a, grid)]
+    rows_of, cols_of = {}, {}
+    for a, b in spans:
+        mx = view_keep_mask((a / grid, 0.0, (b + 1) / grid, 1.0), view, image_wh, llava_geometry,
+                            whole_is_identity=False)
+        my = view_keep_mask((0.0, a / grid, 1.0, (b + 1) / grid), view, image_wh, llava_geometry,
+                            whole_is_identity=False)
+        cols_of[a, b], rows_of[a, b] = int(mx.any(0).sum()), int(my.any(1).sum())
+    rects = all_rects(grid).tolist()
+    out = np.array([rows_of[y0, y1] * cols_of[x0, x1] for x0, y0, x1, y1 in rects], dtype=np.float64)
+    out[rects.index([0, 0, grid - 1, grid - 1])] = view.grid_hw[0] * view.grid_hw[1]  # whole image: identity
+    out.setflags(write=False)
+    return out
 
 
 # ----------------------------------------------------------------------------- the selection
