@@ -405,3 +405,28 @@ def test_unknown_option_and_missing_budget_raise():
     # the attach failure left no hooks behind: another method attaches cleanly
     with _attach("pdrop", model, x) as run, torch.no_grad():
         model(**run.inputs)
+
+
+def test_default_schedules_scale_to_the_model_depth():
+    from crop.pruning.staged import geometric_counts, scaled_layers
+
+    assert scaled_layers([8, 16, 24], 32) == [8, 16, 24]            # PDrop's official layer_list
+    assert scaled_layers([3, 7, 16], 32) == [3, 7, 16]              # SparseVLM: after layers 2 / 6 / 15
+    assert scaled_layers([8, 16, 24], 40) == [10, 20, 30]           # LLaVA-1.5-13B
+    assert scaled_layers([3, 7, 16], 4) == [1, 2]                   # coinciding stages merge
+    assert geometric_counts(576, 64, 3) == [277, 133, 64]
+    assert layer_averaged(576, list(zip([8, 16, 24], geometric_counts(576, 64, 3))), 32) == 262.5
+
+
+def test_bad_stage_layers_raise():
+    from crop.pruning.methods.pdrop import PDropSelector
+    from crop.pruning.staged import StagedHandle
+
+    model = build_model("llava", "sdpa")
+    x = build_inputs("llava", batch=1)
+    lay = token_layout(model, x)
+    for stages, msg in (([2, 1], "increasing"), ([1, 4], "must be <"), ([0, 2], "K must be >= 1")):
+        with pytest.raises(ValueError, match=msg):
+            StagedHandle(model, lay, stages, PDropSelector([[4, 4]]))
+    with _attach("pdrop", model, x) as run, torch.no_grad():  # nothing was left attached
+        model(**run.inputs)
