@@ -197,7 +197,8 @@ class PLC(nn.Module):
         self.q_noncontext = nn.Parameter(torch.randn(cfg.num_noncontext_queries, D) * cfg.query_init_std)
         self.null_context = nn.Parameter(torch.zeros(cfg.num_context_queries, D))
         self.null_noncontext = nn.Parameter(torch.zeros(cfg.num_noncontext_queries, D))
-        self.pos_gain = nn.Parameter(torch.tensor(float(cfg.pos_gain_init)))
+        # shape (1,), not a 0-d scalar: FSDP2's fully_shard refuses scalar parameters
+        self.pos_gain = nn.Parameter(torch.full((1,), float(cfg.pos_gain_init)))
         self.attn_context = Attend(D, cfg.qkv_proj)  # Eq. 2
         self.attn_noncontext = Attend(D, cfg.qkv_proj)  # Eq. 3
         self.attn_fuse = Attend(D, cfg.qkv_proj) if cfg.use_anchors else None  # Eq. 4
@@ -211,6 +212,12 @@ class PLC(nn.Module):
     @property
     def grid_hw(self) -> tuple[int, int]:
         return self.config.grid_rows, self.config.grid_cols
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "pos_gain"
+        if key in state_dict and state_dict[key].dim() == 0:  # PLC weights saved before pos_gain had shape (1,)
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def masks_from_regions(self, regions: torch.Tensor) -> torch.Tensor:
         """Regions ``(B, 4)`` in blocks -> flat context masks ``(B, R*C)``."""

@@ -229,8 +229,8 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         weights = trainable_state(model)  # no copy of the frozen tower
         osd = _named_optimizer_state(model, optimizer)
     else:
-        full, osd = accel.full_state(accelerator, prepared, model, optimizer)
-        weights = {n: full[n].detach().contiguous().cpu() for n in names}
+        full, osd = accel.full_state(accelerator, prepared, model, optimizer)  # only rank 0 receives them
+        weights = {n: full[n].detach().contiguous().cpu() for n in names} if accelerator.is_main_process else {}
     root = Path(root)
     final = root / f"step-{step:06d}"
     if accelerator is not None and not accelerator.is_main_process:
