@@ -4,7 +4,7 @@ Thin driver; everything lives in ``pipelines``. ``python beam_runner.py --help``
 all other flags are Beam pipeline options (``--runner``, ``--direct_running_mode``, ...).
 """
 
-from pipelines.main import run
+from pipelines.main import main
 
 if __name__ == "__main__":
-    run()
+    main()

@@ -20,6 +20,21 @@ DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 INPUT_FLAGS = ("visual_cot_dir", "visual_cot_llava_json", "llava_json", "image_root")  # -> recipe.inputs
 
 
+class FlagError(SystemExit):
+    """A wrong flag, or a flag naming something unusable: ``main`` prints the message as one line
+    and exits with status 2, argparse's status for its own flag errors. ``str(e)`` is the message
+    (for callers of ``run``)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python beam_runner.py``: ``run``, with flag errors as one line and exit status 2."""
+    try:
+        run(argv)
+    except FlagError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -94,10 +109,10 @@ def check_beam_args(beam_args: list[str], own_flags: list[str]) -> None:
     for arg in unknown:
         name = arg.split("=", 1)[0]
         if not name.startswith("-"):
-            raise SystemExit(f"error: unexpected argument {arg!r} (flags take the form --name VALUE)")
+            raise FlagError(f"error: unexpected argument {arg!r} (flags take the form --name VALUE)")
         close = difflib.get_close_matches(name, own_flags + beam_flags, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise SystemExit(f"error: unknown flag {name}{hint} (python beam_runner.py --help lists this "
+        raise FlagError(f"error: unknown flag {name}{hint} (python beam_runner.py --help lists this "
                          "driver's flags; Beam's pipeline options are accepted too)")
     runner = getattr(known, "runner", None)
     if runner and "." not in runner:  # a dotted name is a runner class path: Beam imports it
@@ -106,7 +121,7 @@ def check_beam_args(beam_args: list[str], own_flags: list[str]) -> None:
         if runner.lower() not in lowered and runner.lower() + "runner" not in lowered:
             choices = sorted(names | {"Direct"})
             close = difflib.get_close_matches(runner, choices, n=1)
-            raise SystemExit(f"error: unknown runner {runner!r}" + (f"; did you mean {close[0]}?" if close else "")
+            raise FlagError(f"error: unknown runner {runner!r}" + (f"; did you mean {close[0]}?" if close else "")
                              + f" (known: {', '.join(choices)})")
 
 
@@ -123,16 +138,57 @@ def check_paths_for_runner(opts, recipe, out_dir: str) -> None:
     from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
 
     runner = opts.view_as(StandardOptions).runner
-    env = (opts.view_as(PortableOptions).environment_type or "").upper()
-    if runner in LOCAL_RUNNERS or env == "LOOPBACK":
+    if runner in LOCAL_RUNNERS or workers_on_this_machine(opts):
         return
     named = {"--output": out_dir, **{f"recipe.inputs.{k}": getattr(recipe.inputs, k) for k in INPUT_FLAGS}}
     local = [f"{name}={path}" for name, path in named.items() if path and "://" not in path]
     if local:
-        raise SystemExit(
+        raise FlagError(
             f"error: runner {runner} runs its workers on other machines, but these paths are local: "
             f"{', '.join(local)}. Use gs://, s3:// or hdfs:// paths (the flags override the recipe's), "
             "or pass --allow-local-paths if every worker mounts the same filesystem")
+
+
+LOCALHOST = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def _on_localhost(endpoint: str | None) -> bool:
+    host = (endpoint or "").rsplit(":", 1)[0]
+    return host in LOCALHOST
+
+
+def workers_on_this_machine(opts) -> bool:
+    """True when every SDK worker runs on the launching machine, so local paths mean the same to
+    them: ``LOOPBACK`` (workers inside this process), or ``EXTERNAL`` workers from a pool on
+    localhost of a job service on localhost (a remote job service's "localhost" is its own)."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    portable = opts.view_as(PortableOptions)
+    env = (portable.environment_type or "").upper()
+    if env == "LOOPBACK":
+        return True
+    return (env == "EXTERNAL" and _on_localhost(portable.environment_config)
+            and (portable.job_endpoint is None or _on_localhost(portable.job_endpoint)))
+
+
+def check_endpoints(opts, seconds: float = 3.0) -> None:
+    """Fail within seconds, as one line, when ``--job_endpoint`` (or an ``EXTERNAL`` worker pool's
+    ``--environment_config``) does not answer: Beam's PortableRunner would wait without a word."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    from pipelines.job_service import wait_for_endpoint
+
+    portable = opts.view_as(PortableOptions)
+    named = [("--job_endpoint", portable.job_endpoint)]
+    if (portable.environment_type or "").upper() == "EXTERNAL" and _on_localhost(portable.job_endpoint or "localhost:0"):
+        named.append(("--environment_config", portable.environment_config))  # else only the job service sees it
+    for flag, endpoint in named:
+        if not endpoint or endpoint == "embed" or ":" not in endpoint:
+            continue
+        if not wait_for_endpoint(endpoint, seconds):
+            raise FlagError(f"error: nothing answers at {flag} {endpoint} (waited {seconds:g} s); start the "
+                            "service there (python -m pipelines.job_service / Beam's worker_pool_main, see "
+                            "docs/runners.md) or fix the address")
 
 
 def make_options(beam_args: list[str]):
@@ -145,7 +201,7 @@ def make_options(beam_args: list[str]):
     if std.runner in DIRECT_RUNNERS:
         mode = opts.view_as(DirectOptions).direct_running_mode
         if mode == "multi_threading":
-            raise SystemExit(
+            raise FlagError(
                 "error: --direct_running_mode=multi_threading is not supported: Beam 2.77's "
                 "multi-threaded direct mode has been seen to lose elements; use in_memory (default) "
                 "or multi_processing with --direct_num_workers N")
@@ -231,6 +287,7 @@ def run(argv: list[str] | None = None) -> dict:
                          shard_max_samples=args.shard_max_samples)
     out_dir = args.output or os.path.join("shards", recipe.name)
     opts = make_options(beam_args)
+    check_endpoints(opts)
     if not args.allow_local_paths:
         check_paths_for_runner(opts, recipe, out_dir)
     mode = build.prepare_output(out_dir, recipe, args.overwrite)
