@@ -367,3 +367,22 @@ def test_bad_options_are_refused(bad, match):
             pass
     _, layers = decoder_layers(model)
     assert all(not lyr._forward_pre_hooks for lyr in layers)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_generate_equals_frozen_uncached(family):
+    """Decode steps reuse the prefill's regions; an uncached generate with ``freeze`` reproduces it."""
+    model = build_model(family, "sdpa")
+    x = build_inputs(family, 1)
+    lay = token_layout(model, x)
+    kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    opts = dict(layer=K, image_sizes_wh=[LLAVA_WH], mode="budget", budget=5)
+    with torch.no_grad():
+        with attach_self_region(model, lay, **opts) as h:
+            cached = model.generate(**x, **kw)
+        with attach_self_region(model, lay, freeze=True, **opts) as h2:
+            uncached = model.generate(**x, use_cache=False, **kw)
+    assert h2.choices[0]["region"] == h.choices[0]["region"]
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.logits, uncached.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
