@@ -69,9 +69,13 @@ def test_ragged_batch_equals_rows_alone(setup, family, method, budget):
         assert 0 < a.report["visual_tokens_kept"] < a.report["visual_tokens_in"]
         if method in ("ilp", "prune"):
             assert a.report["region"] == next(d["region"] for d in docs if str(d["question_id"]) == q.key)
-        if method == "center":  # Table 10: a centred region of the same size, not the given one
+        if method == "center":  # Table 10: the given region's size, centred on the grid
             given = next(d["region"] for d in docs if str(d["question_id"]) == q.key)
-            assert a.report["region"] != given or given[0] + given[2] in (7, 8)
+            x0, y0, x1, y1 = a.report["region"]
+            assert (x1 - x0, y1 - y0) == (given[2] - given[0], given[3] - given[1])
+            assert abs((x0 + x1) - 7) <= 1 and abs((y0 + y1) - 7) <= 1
+    if method == "center":
+        assert any(a.report["region"] != d["region"] for a, d in zip(batch, docs))
     assert batch[-1].report["visual_tokens_in"] == 0  # the text-only row: answered unpruned
 
 
@@ -89,6 +93,38 @@ def test_unpruned_differs_from_pruned(setup):
         texts[method] = [a.text for a in answerer.answer(qs, max_new_tokens=4)]
     assert texts["none"] != texts["ilp"]
     assert len(set(texts["none"])) > 1
+
+
+def test_localizer_sees_original_image_and_question(setup, monkeypatch, tmp_path):
+    """``localizer=``: regions come from the localizer, shown the original image and the bare
+    question (as ``crop predict-regions`` / ``crop eval``); its ``predict`` is scripted here (a
+    random localizer answers the whole image) to give a size-dependent region."""
+    import torch
+
+    from crop.eval.config import MethodConfig
+    from crop.geometry import Region
+    from crop.lmms.batch import BatchAnswerer
+    from crop.models.localizer import Localizer, TinySpec, build_tiny_localizer
+
+    root, docs, models = setup
+    torch.manual_seed(0)
+    build_tiny_localizer(TinySpec(seed=3)).save_pretrained(str(tmp_path / "loc"))
+    seen = []
+
+    def predict(self, images, questions, **kwargs):
+        seen.extend((im.size, q) for im, q in zip(images, questions))
+        return [Region(0, 0, 3, 3) if im.size[0] > im.size[1] else Region(4, 4, 7, 7) for im in images]
+
+    monkeypatch.setattr(Localizer, "predict", predict)
+    answerer = BatchAnswerer.load(str(models["llava"]), MethodConfig(name="ilp", layer=1, budget=8,
+                                                                     localizer=str(tmp_path / "loc")))
+    qs = _questions(docs)[:-1]
+    batch = answerer.answer(qs, max_new_tokens=3)
+    assert seen == [(d["image"].size, d["question"]) for d in docs]
+    assert [a.report["region"] for a in batch] == [[0, 0, 3, 3] if d["image"].size[0] > d["image"].size[1]
+                                                   else [4, 4, 7, 7] for d in docs]
+    assert [a.text for a in answerer.answer(qs, max_new_tokens=3)] == [a.text for a in batch]
+    assert len(seen) == len(docs)  # cached per key: the localizer ran once per question
 
 
 def test_kept_log_path_rules(tmp_path):
