@@ -386,3 +386,22 @@ def test_cached_generate_equals_frozen_uncached(family):
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.logits, uncached.logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_two_images_in_one_row_get_one_region_each():
+    """LLaVA-1.5 row with two images: one choice per image, the plan is the two regions' plan."""
+    model = build_model("llava", "sdpa")
+    one = build_inputs("llava", 2, seed=5)
+    ids = torch.cat([one["input_ids"][0], one["input_ids"][1]])[None]  # (1, 2 N): two image blocks
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": one["pixel_values"]}
+    lay = token_layout(model, x)
+    assert lay[0].image_indices == (0, 1)
+    wh = [LLAVA_WH, (12, 16)]
+    req = PruneRequest(layer=K, budget=4, image_sizes_wh=wh, llava_geometry="center_crop")
+    with torch.no_grad(), get_method("self").load()(model, x, req) as run:
+        model(**x)
+    row = run.rows()[0]
+    regions = [Region(*r) for r in row["region_used"]]
+    assert len(regions) == 2 and len(row["attention_share"]) == 2 and np.array(row["block_scores"]).shape == (2, 8, 8)
+    plan = region_keep_plan(lay, regions, image_sizes_wh=wh, llava_geometry="center_crop")
+    assert row["visual_tokens_kept"] == plan.visual_kept[0] <= 8
