@@ -222,3 +222,26 @@ class LocalizerCollator:
             chats.append(record_to_messages(s["json"], has_image=image is not None))
             images.append(image)
         return self.encoder.encode(chats, images, generation=False, padding_side="right")
+
+    def one(self, sample: Mapping[str, Any]) -> dict:
+        """One sample encoded alone (what a DataLoader worker does); :meth:`stack` batches them."""
+        return self([sample])
+
+    def stack(self, rows: Sequence[Mapping[str, Any]]) -> dict:
+        """Right-pad and concatenate :meth:`one` outputs: equal to ``self(samples)`` (the tokenizer's
+        own right padding with its pad id; images concatenated in row order)."""
+        import torch
+
+        fill = {"input_ids": self.encoder.tokenizer.pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0,
+                "labels": IGNORE_INDEX}
+        width = max(int(r["input_ids"].shape[1]) for r in rows)
+        out: dict = {}
+        for key, value in fill.items():
+            if key in rows[0]:
+                out[key] = torch.cat([torch.nn.functional.pad(r[key], (0, width - r[key].shape[1]), value=value)
+                                      for r in rows])  # (B, L)
+        for key in ("pixel_values", "image_grid_thw"):
+            parts = [r[key] for r in rows if key in r]
+            if parts:
+                out[key] = torch.cat(parts)  # (sum of patches, C*T*P*P) / (images, 3)
+        return out

@@ -172,17 +172,29 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
         from dataclasses import asdict
 
         acc.init_trackers("crop-localizer", config=accel.tracker_config(asdict(cfg)))
+    from crop.train import prefetch
+
     collate = LocalizerCollator(loc.encoder)
-    counters = getattr(reader, "counters", None)  # crop.data.safety.Counters of the shard stream
+    shard_stream = getattr(reader, "stream", None)
+    if shard_stream is not None:  # shards: read, decoded and encoded in DataLoader workers (crop.train.prefetch)
+        if resume:
+            prefetch.check_resume_workers(state.get("num_workers"), cfg.num_workers, pos, field="num_workers")
+        counters = prefetch.LoaderCounts()
+        stream = prefetch.endless_items(shard_stream, collate.one, epoch, pos, num_workers=cfg.num_workers,
+                                        prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory,
+                                        counts=counters)
+    else:  # the in-memory synthetic set: encoded here
+        counters = getattr(reader, "counters", None)
+        stream = ((e, p, {"item": collate.one(s), "sample": s}) for e, p, s in epoch_stream(reader, epoch, pos))
     start_step = step
-    stream = epoch_stream(reader, epoch, pos)
     prepared.train()
     losses: list[float] = []
     window, t0, t_log, seen_log = [], time.time(), time.time(), 0
     bar = tqdm(total=total, initial=step, desc="train-localizer", disable=not acc.is_main_process or not cfg.progress)
 
     def checkpoint(path: str) -> None:
-        save_checkpoint(path, loc, opt, sched, {"step": step, "epoch": epoch, "position": pos}, cfg, acc, prepared)
+        save_checkpoint(path, loc, opt, sched, {"step": step, "epoch": epoch, "position": pos,
+                                                "num_workers": cfg.num_workers}, cfg, acc, prepared)
         acc.wait_for_everyone()
         if acc.is_main_process and os.path.basename(path).startswith("checkpoint-"):
             kept = sorted(Path(p) for p in glob.glob(os.path.join(cfg.output_dir, "checkpoint-*[0-9]")))
@@ -195,10 +207,10 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
             for _ in range(cfg.grad_accum):  # accumulate() skips the DDP all-reduce until the last one
                 group = [next(stream) for _ in range(cfg.batch_size)]  # this rank's micro-batch
                 epoch, pos = group[-1][0], group[-1][1]  # equal on every rank (equal epoch lengths)
-                mine = [s for _, _, s in group]
                 if on_batch is not None:
-                    on_batch(epoch, mine)
-                batch = {k: v.to(acc.device) for k, v in collate(mine).items()}
+                    on_batch(epoch, [row["sample"] for _, _, row in group])  # (no images: they stay in workers)
+                batch = {k: v.to(acc.device, non_blocking=True)
+                         for k, v in collate.stack([row["item"] for _, _, row in group]).items()}
                 with acc.accumulate(prepared):  # prepare() already wrapped forward in autocast
                     loss = prepared(**batch).loss
                     acc.backward(loss)  # divides by grad_accum

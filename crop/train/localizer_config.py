@@ -41,6 +41,9 @@ class LocalizerTrainConfig:
     max_length: int = 2048
     shuffle_buffer: int = 1000  # block size of the shard stream's shuffle (samples)
     max_failure_fraction: float = 0.001  # stop (after a checkpoint) when more samples fail to load
+    num_workers: int = 0  # DataLoader workers reading, decoding and encoding shard samples (crop.train.prefetch)
+    prefetch_factor: int = 2  # samples each worker prepares ahead
+    pin_memory: bool = True  # page-locked batches when training on CUDA
     seed: int = 0
     log_every: int = 10
     save_every: int = 500  # 0: only the final checkpoint

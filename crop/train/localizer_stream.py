@@ -65,6 +65,7 @@ def make_reader(cfg: LocalizerTrainConfig, rank: int = 0, world: int = 1) -> tup
             stream.load_state_dict(stream.state_dict(batches_seen=pos))
         return stream
     shards.counters = stream.counters  # loader failures, for the training log (crop.train.loader_health)
+    shards.stream = stream  # the trainer reads it through DataLoader workers (crop.train.prefetch)
     total = cfg.samples_per_epoch or len(stream) * world
     return shards, total, f"crop.data.stream.ShardStream ({len(stream.shards)} shards, {stream.total} samples)"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 OPERATIONAL = frozenset({"output_dir", "resume", "progress", "log_every", "save_every", "keep_checkpoints",
-                         "log_with"})
+                         "log_with", "num_workers", "prefetch_factor", "pin_memory"})
 CONFIG_NAME = "train_config.yaml"
 
 
