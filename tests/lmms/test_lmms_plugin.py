@@ -11,7 +11,8 @@ What is checked:
   asserted, not assumed);
 * a generated TextVQA-format task (``lmms_tiny``) answered at ``--batch_size 1`` and
   ``--batch_size 3`` (ragged batches: rows keep their own regions) gives the same answers and the
-  same per-sample kept-token rows;
+  same per-sample kept-token rows, and each answer is the one the batch core gives its doc alone
+  (so lmms-eval's ``Collator`` order is restored);
 * lmms-eval's TextVQA accuracy on those answers equals ``crop score textvqa`` (LLaVA's
   ``eval_textvqa.py`` rules) on the same answers, and both equal the VQA soft-accuracy formula
   computed here by hand (references built so the accuracies are 0, 0.3, 0.6, 0.9, 1 and 0.6).
@@ -86,6 +87,17 @@ def test_batched_run_equals_batch_one_and_crop_score(entry_point, tmp_path):
     assert len(answers) == len(docs)
     assert len(set(answers.values())) > 1, "the tiny model gives one answer to every doc: the test would prove little"
     assert all(a != FILLER for a in answers.values())
+
+    # each answer belongs to its doc (lmms-eval's order restored): the batch core answering the
+    # doc alone, with the text lmms-eval's TextVQA doc_to_text builds, gives the same answer
+    from crop.eval.config import MethodConfig
+    from crop.lmms.batch import BatchAnswerer, Question
+
+    direct = BatchAnswerer.load(str(model), MethodConfig(name="ilp", layer=2, budget=8,
+                                                         regions=str(root / "regions.jsonl")))
+    for i, d in enumerate(docs):
+        q = Question(f"{d['question'].capitalize()}\n{SUFFIX}", d["image"], str(d["question_id"]), d["question"], TASK)
+        assert direct.answer([q], max_new_tokens=5, until=["ASSISTANT:"])[0].text == answers[i], i
 
     # references holding k copies of the doc's answer: accuracies 0, .3, .6, .9, 1, .6
     copies = [0, 1, 2, 3, 4, 2]
