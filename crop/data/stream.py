@@ -264,9 +264,10 @@ class ShardStream(IterableDataset):
         reader = MemberReader()       # members of lazily scanned shards are read in _finish
         finish = functools.partial(self._finish, reader=reader)
         with reader:
-            yield from self._fill(self._planned(lo, hi, done, policy), finish, policy, fill, count)
+            yield from self._fill(self._planned(lo, hi, done, policy), finish, policy, fill, count, (lo, hi))
 
-    def _fill(self, items, finish, policy: ErrorPolicy, fill: bool, count: bool) -> Iterator[dict]:
+    def _fill(self, items, finish, policy: ErrorPolicy, fill: bool, count: bool,
+              span: tuple[int, int] = (0, 0)) -> Iterator[dict]:
         """``finish`` each planned item; a failed one is replaced by a repeat (``fill``) or dropped."""
         last_ok = None  # the last item that finished: re-finished (rarely) to fill a failure;
         owed = 0        # holding its finished sample would keep a decoded image alive, which
@@ -296,7 +297,7 @@ class ShardStream(IterableDataset):
                 yield {**sample, "__pad__": True}
             owed, sample = 0, None  # drop our reference before the next decode (see last_ok)
         if owed:
-            raise ShardReadError(f"rank {self.rank}: positions [{lo}, {hi}) hold no readable "
+            raise ShardReadError(f"rank {self.rank}: positions [{span[0]}, {span[1]}) hold no readable "
                                  f"sample, so the equal-length promise cannot be kept")
 
     def _finish(self, item: tuple, policy: ErrorPolicy, reader: MemberReader) -> dict | None:
