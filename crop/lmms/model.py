@@ -33,6 +33,7 @@ rank; each process loads the model on ``cuda:<local rank>`` and writes its own s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,17 @@ class CropLMM(lmms):
         self.answerer = BatchAnswerer.load(str(pretrained), method_cfg, family=family, dtype=dtype, device=device,
                                            **model_fields)
         self.method = self.answerer.method
-        self.kept_log = KeptLog(kept_log_path(kept_tokens, self._rank, self._world_size))
+        self._kept_tokens, self._kept_stamp = kept_tokens, time.strftime("%Y%m%d-%H%M%S")
+        self._kept_log: KeptLog | None = None
+
+    @property
+    def kept_log(self) -> KeptLog:
+        """The side file, opened at the first batch: lmms-eval sets ``_rank`` / ``_world_size``
+        after ``__init__`` when it runs under torchrun, and the file name carries the rank."""
+        if self._kept_log is None:
+            self._kept_log = KeptLog(kept_log_path(self._kept_tokens, self.rank, self.world_size,
+                                                   stamp=self._kept_stamp))
+        return self._kept_log
 
     @property
     def batch_size(self) -> int:

@@ -138,3 +138,19 @@ def test_batched_run_equals_batch_one_and_crop_score(entry_point, tmp_path):
     crop_score = json.loads((root / "score.json").read_text(encoding="utf-8"))
     assert crop_score["complete"] is True
     assert crop_score["score"] == pytest.approx(100 * lmms_acc)
+
+
+def test_model_args_and_generation_settings(tmp_path):
+    """lmms-eval hands model_args as parsed strings/numbers and task generation_kwargs as a dict."""
+    from crop.lmms.model import generation_kwargs, parse_options
+
+    assert generation_kwargs({"until": ["x"], "temperature": 0, "top_p": 1.0, "num_beams": 1}, 128) == \
+        {"max_new_tokens": 128, "num_beams": 1}  # greedy: LLaVA's evaluation decodes greedily
+    assert generation_kwargs({"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9}, 128) == \
+        {"max_new_tokens": 16, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    assert parse_options(None) == {} and parse_options({"a": 1}) == {"a": 1}
+    assert parse_options('{"mass": 0.4, "query_rows": 2}') == {"mass": 0.4, "query_rows": 2}
+    (tmp_path / "o.yaml").write_text("mass: 0.5\n")
+    assert parse_options(str(tmp_path / "o.yaml")) == {"mass": 0.5}
+    with pytest.raises(ValueError):
+        parse_options("[1, 2]")
