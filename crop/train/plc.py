@@ -1,9 +1,12 @@
 """``crop train-plc``: co-fine-tune LLaVA-1.5 with the PLC module (paper Sec. 4.1, Stage 2).
 
 Launch: ``crop train-plc --config configs/plc-llava15-7b.yaml --shards shards/crop-train``
-(``--set section.field=value`` overrides any config field). Single process; the 7B run needs one
-large GPU (fp32 master weights + AdamW states ~112 GB, bf16 autocast, gradient checkpointing);
-multi-GPU sharding (FSDP/DeepSpeed) is not implemented.
+(``--set section.field=value`` overrides any config field) on one device, or ``accelerate launch
+--config_file configs/accelerate-{ddp,fsdp,deepspeed-zero2}.yaml -m crop.cli train-plc ...`` on
+several (:mod:`crop.train.accel`, the set-up train-localizer uses too). The 7B run holds ~110 GB of
+fp32 weights, gradients and AdamW states before activations: one 80 GB GPU is not enough; ZeRO-2 or
+FSDP2 over 8 GPUs is (docs/plc.md, "Memory per GPU"). Samples are read, decoded and prepared in
+DataLoader workers (:mod:`crop.train.prefetch`, ``data.num_workers``).
 
 What trains: PLC + projector + LLM; the vision tower is frozen. Paper defaults: AdamW, lr 1e-5,
 2 epochs. Warm-up 3 % + cosine and weight decay 0 follow LLaVA-1.5's own fine-tuning recipe (the
