@@ -242,6 +242,8 @@ class StagedHandle(PruneHandle):
         new = _gather_positions(kwargs, idx, self._seq_len)
         new["attention_mask"] = prefill_mask(kwargs.get("attention_mask"), idx, pad)  # (B, 1, M, M) | None
         self._stage_kwargs = new
+        if s == len(self.stages) - 1:
+            self._captured = {}  # the last selection is made: free the captured hidden states
         return new_h
 
     def _enter_stage_decode(self, s: int, i: int, h: torch.Tensor, kwargs: dict, cache: Any) -> None:
