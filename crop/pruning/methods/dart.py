@@ -79,7 +79,7 @@ class DARTSelector:
         k = ctx.layer
         h_prev, kw_prev = ctx.captured[k - 1]  # layer K-1 ran on the full sequence
         keys = layer_keys(ctx.handle._layers[k - 1], h_prev, kw_prev["position_embeddings"])  # (B, Hkv, N, Dh)
-        key_l1 = keys.transpose(1, 2).flatten(2).abs().sum(-1).float().cpu().numpy()  # (B, N)
+        key_l1 = keys.transpose(1, 2).flatten(2).float().abs().sum(-1).cpu().numpy()  # (B, N); fp32: no fp16 overflow
         states = ctx.handle._stack.norm(ctx.hidden).float().cpu().numpy()  # (B, N, D)
         out = []
         for b in range(states.shape[0]):
