@@ -2,6 +2,7 @@
 
     python benchmarks/build_throughput.py                 # 10k samples, ~100 KB JPEGs
     python benchmarks/build_throughput.py --samples 2000  # quicker
+    python benchmarks/build_throughput.py --workers --reps 2   # 2 workers over 1 (issue 18)
 
 Generates a synthetic Visual-CoT-style corpus (several questions per image, plus LLaVA
 records), then runs, each in its own subprocess so peak memory is its own:
@@ -18,6 +19,10 @@ measures each mode equally often after each mode, and the headline ratio is the 
 the per-rep pipeline/loop wall ratios, in which that order effect cancels. Also printed: samples/s, MB/s,
 CPU seconds and peak RSS (medians over reps), the ratio by CPU time (user + system, all threads),
 and fastest run vs fastest run. Target: geometric-mean wall ratio >= 0.9.
+
+``--workers``: the same corpus built with 1 and with 2 workers, in ABBA order, on Direct
+``multi_processing`` and on the portable runner with a local SDK worker pool; prints the wall-time
+ratio 1 worker / 2 workers for each. Target (issue 18): >= 1.5 on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -95,12 +100,14 @@ def run_loop(recipe_path: str, out: str) -> dict:
     """The plain baseline: same per-record work, one process, sequential tar writing."""
     import webdataset as wds
 
-    from pipelines.build import _read_image, list_inputs, read_input
+    from pipelines.build import list_inputs, read_input
     from pipelines.finalize import finalize
+    from pipelines.images import ImageRoot, read_image
     from pipelines.recipe import VISUAL_COT_SOURCES, load_recipe
     from pipelines.sources import Rejected, parse_cot_line, parse_llava_item
 
     r = load_recipe(recipe_path)
+    root = ImageRoot(r.inputs.image_root)
     os.makedirs(out)
     n, total, shard_i, sink = 0, 0, 0, None
     for spec in list_inputs(r):
@@ -111,7 +118,7 @@ def run_loop(recipe_path: str, out: str) -> dict:
                 else:
                     c = parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
                                        seed=r.seed, grid=r.grid_size, policy=r.multi_box)
-                rel, data = _read_image(r.inputs.image_root, c) if c["image_rel"] else (None, None)
+                rel, data = read_image(root, c["image_dirs"], c["image_rel"]) if c["image_rel"] else (None, None)
                 rec, ext, _ = finalize(c, rel, data, grid=r.grid_size, policy=r.multi_box,
                                        trailing_period=r.trailing_period, check=r.image_check)
             except Rejected:
@@ -153,8 +160,38 @@ def measure(mode: str, recipe: str, out: str, beam_args: list[str]) -> dict:
     return json.loads(line[-1][7:])
 
 
+def compare_workers(recipe: str, tmp: str, reps: int) -> None:
+    """2 workers over 1, measured in one run: Direct ``multi_processing`` and the portable
+    runner on a local job service + SDK worker pool (``pipelines.job_service``). ABBA order per
+    pair, as for the loop comparison; the headline is the geometric mean of per-rep ratios."""
+    from pipelines.job_service import LocalCluster
+
+    direct = ["--runner", "Direct", "--direct_running_mode", "multi_processing"]
+    with LocalCluster(workers=1) as cluster:  # a job's --direct_num_workers 2 asks for 2
+        pairs = {"Direct multi_processing": (direct + ["--direct_num_workers", "1"], direct + ["--direct_num_workers", "2"]),
+                 "Portable, EXTERNAL worker pool": (cluster.beam_args, cluster.beam_args + ["--direct_num_workers", "2"])}
+        results = {}
+        for name, (one, two) in pairs.items():
+            runs: dict[int, list[dict]] = {1: [], 2: []}
+            for rep in range(reps):
+                for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                    out = os.path.join(tmp, f"w{n}-{rep}")
+                    runs[n].append(measure("pipeline", recipe, out, one if n == 1 else two))
+                    shutil.rmtree(out, ignore_errors=True)
+            results[name] = runs
+            print(f"{name}: seconds per run, 1 worker: " + ", ".join(f"{r['seconds']:.1f}" for r in runs[1])
+                  + "; 2 workers: " + ", ".join(f"{r['seconds']:.1f}" for r in runs[2]), flush=True)
+    print(f"{'':<34}{'1 worker s':>11}{'2 workers s':>12}{'ratio':>7}  (2 workers over 1: geometric mean of ABBA reps)")
+    for name, runs in results.items():
+        ratio = statistics.geometric_mean(a["seconds"] / b["seconds"] for a, b in zip(runs[1], runs[2]))
+        print(f"{name:<34}{statistics.median(r['seconds'] for r in runs[1]):>11.1f}"
+              f"{statistics.median(r['seconds'] for r in runs[2]):>12.1f}{ratio:>7.2f}  (goal >= 1.5)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", action="store_true",
+                    help="instead of pipeline vs loop: 2 workers over 1 (Direct multi_processing, portable pool)")
     ap.add_argument("--samples", type=int, default=10000)
     ap.add_argument("--questions-per-image", type=int, default=4)
     ap.add_argument("--image-kb", type=int, default=100)
@@ -172,8 +209,11 @@ def main() -> None:
         recipe = make_corpus(tmp, args.samples, args.questions_per_image, args.image_kb)
         print(f"corpus: {args.samples} samples, ~{args.image_kb} KB JPEGs, "
               f"{args.questions_per_image} questions/image, generated in {time.perf_counter() - t0:.1f} s")
-        runs: dict[str, list[dict]] = {"loop": [], "pipeline": []}
         args.reps += args.reps % 2
+        if args.workers:
+            print(f"load average before: {load_before}; cores: {os.cpu_count()}")
+            return compare_workers(recipe, tmp, args.reps)
+        runs: dict[str, list[dict]] = {"loop": [], "pipeline": []}
         for rep in range(args.reps):
             order = ("loop", "pipeline") if rep % 2 == 0 else ("pipeline", "loop")
             for mode in order:

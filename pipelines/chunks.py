@@ -25,6 +25,7 @@ import hashlib
 import io
 import re
 from array import array
+from decimal import Decimal as _Decimal
 from typing import Iterator, NamedTuple
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -297,13 +298,16 @@ def _json_items(data: bytes, prefix: str) -> Iterator:
 
 
 def plain_numbers(obj):
-    """ijson's Decimal -> float, recursively (records are small; ints and strings untouched)."""
-    import decimal
-
-    if isinstance(obj, dict):
-        return {k: plain_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [plain_numbers(v) for v in obj]
-    if isinstance(obj, decimal.Decimal):
+    """ijson's Decimal -> float, recursively (records are small; ints and strings untouched).
+    Strings, the bulk of every record, are passed over without a call."""
+    t = type(obj)
+    if t is dict:
+        return {k: v if type(v) is str else plain_numbers(v) for k, v in obj.items()}
+    if t is list:
+        return [v if type(v) is str else plain_numbers(v) for v in obj]
+    if t is _Decimal:
         return float(obj)
     return obj
+
+
+

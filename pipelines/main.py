@@ -115,6 +115,10 @@ def check_beam_args(beam_args: list[str], own_flags: list[str]) -> None:
         raise FlagError(f"error: unknown flag {name}{hint} (python beam_runner.py --help lists this "
                          "driver's flags; Beam's pipeline options are accepted too)")
     runner = getattr(known, "runner", None)
+    if runner and runner.rsplit(".", 1)[-1].lower() in ("dask", "daskrunner"):
+        raise FlagError("error: DaskRunner is not supported: Beam's Dask translation loses or mixes elements "
+                        "of this pipeline (docs/runners.md says why); use Direct, PortableRunner, FlinkRunner, "
+                        "SparkRunner or DataflowRunner")
     if runner and "." not in runner:  # a dotted name is a runner class path: Beam imports it
         names = {path.rsplit(".", 1)[-1] for path in StandardOptions.ALL_KNOWN_RUNNERS}
         lowered = {n.lower() for n in names}
@@ -159,16 +163,19 @@ def _on_localhost(endpoint: str | None) -> bool:
 
 def workers_on_this_machine(opts) -> bool:
     """True when every SDK worker runs on the launching machine, so local paths mean the same to
-    them: ``LOOPBACK`` (workers inside this process), or ``EXTERNAL`` workers from a pool on
-    localhost of a job service on localhost (a remote job service's "localhost" is its own)."""
-    from apache_beam.options.pipeline_options import PortableOptions
+    them: ``LOOPBACK`` (workers inside this process), or a ``PortableRunner`` job service on
+    localhost whose ``EXTERNAL`` worker pool is on localhost too. Flink or Spark with an
+    ``EXTERNAL`` pool at "localhost" mean a pool beside each of *their* workers (the Kubernetes
+    sidecar pattern), and a remote job service's "localhost" is its own machine: both refused."""
+    from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
 
     portable = opts.view_as(PortableOptions)
     env = (portable.environment_type or "").upper()
     if env == "LOOPBACK":
         return True
-    return (env == "EXTERNAL" and _on_localhost(portable.environment_config)
-            and (portable.job_endpoint is None or _on_localhost(portable.job_endpoint)))
+    runner = opts.view_as(StandardOptions).runner or ""
+    return (runner.rsplit(".", 1)[-1] in ("PortableRunner", "Portable") and env == "EXTERNAL"
+            and _on_localhost(portable.environment_config) and _on_localhost(portable.job_endpoint))
 
 
 def check_endpoints(opts, seconds: float = 3.0) -> None:

@@ -89,6 +89,9 @@ def test_other_flag_errors_exit_with_status_2(capsys):
     (["--runner", "PortableRunner", "--job_endpoint", "flink.example:8099", "--environment_type", "EXTERNAL",
       "--environment_config", "localhost:50000"], False),
     (["--runner", "FlinkRunner", "--environment_type", "DOCKER"], False),
+    (["--runner", "FlinkRunner", "--flink_master", "flink-jm:8081", "--environment_type", "EXTERNAL",
+      "--environment_config", "localhost:50000"], False),  # a sidecar pool beside each TaskManager
+    (["--runner", "FlinkRunner", "--environment_type", "LOOPBACK"], True),
     (["--runner", "PortableRunner", "--job_endpoint", "localhost:8099", "--environment_type", "PROCESS",
       "--environment_config", '{"command": "/opt/apache/beam/boot"}'], False),
 ])
