@@ -518,7 +518,8 @@ def build_localizer(suite: Suite):
         text_config=dict(vocab_size=s["vocab"] or len(tok), hidden_size=s["hidden"], intermediate_size=s["ffn"],
                          num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
                          num_key_value_heads=s["kv_heads"], max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": s["theta"], "mrope_section": s["mrope"]},
+                         rope_parameters={"rope_type": "default", "rope_theta": s["theta"],
+                                          "mrope_section": s["mrope"]},
                          bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(IM_END), pad_token_id=tok.pad_token_id),
         vision_config=dict(depth=s["vision_depth"], embed_dim=s["vision_dim"], hidden_size=s["hidden"],
                            num_heads=s["vision_heads"], mlp_ratio=s["mlp_ratio"], patch_size=14,
@@ -644,7 +645,8 @@ def section_methods(suite: Suite) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out_json = Path(tmp) / "methods.json"
         cmd = [sys.executable, str(script), "--json", str(out_json)] + (
-            ["--tiny"] if suite.args.tiny else ["--device", str(suite.device), "--layers", str(suite.shapes["7b"].layers)])
+            ["--tiny"] if suite.args.tiny else
+            ["--device", str(suite.device), "--layers", str(suite.shapes["7b"].layers)])
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=_env_with_root(), capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
@@ -682,7 +684,8 @@ def markdown(results: dict[str, Any]) -> str:
     """One Markdown document: the note, the environment, one table per section."""
     lines = ["# CROP GPU suite", "", f"**{results['note']}**", "", f"Started {results['started_utc']}"
              + (f", finished {results['finished_utc']}" if results.get("finished_utc") else " (unfinished)")
-             + f"; arguments: `{' '.join(results['argv'])}`", "", "## Environment", "", "| key | value |", "| --- | --- |"]
+             + f"; arguments: `{' '.join(results['argv'])}`", "", "## Environment", "",
+             "| key | value |", "| --- | --- |"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in results["environment"].items()]
     for name, sec in results["sections"].items():
         lines += ["", f"## {name}: {sec.get('status')}", ""]
@@ -761,7 +764,8 @@ def main(argv=None) -> int:
     names = [n for n in (args.only or SECTIONS) if n not in args.skip]
     for n in SECTIONS:  # every section is in the report, the ones not run marked so
         if n not in names:
-            suite.results["sections"][n] = {"status": "skipped", "rows": [], "notes": ["not selected (--only / --skip)"]}
+            suite.results["sections"][n] = {"status": "skipped", "rows": [],
+                                            "notes": ["not selected (--only / --skip)"]}
     print(f"{NOTE}\ndevice {suite.device}, dtype {suite.dtype}, sections {names}; output {suite.out}", flush=True)
     total = sum(BUDGET_S[n][1 if args.tiny else 0] for n in names)
     print(f"budget: ~{total} s in all (" + ", ".join(f"{n} ~{BUDGET_S[n][1 if args.tiny else 0]} s" for n in names)

@@ -40,7 +40,8 @@ def _gpu_tests(folder: Path, fail: bool = False) -> Path:
 def test_tiny_run_reports_every_section(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "out"
-    rc = gpu_suite.main(FAST + ["--out", str(out), "--skip", "methods", "--tests-path", str(_gpu_tests(tmp_path / "t"))])
+    rc = gpu_suite.main(FAST + ["--out", str(out), "--skip", "methods",
+                                "--tests-path", str(_gpu_tests(tmp_path / "t"))])
     printed = capsys.readouterr().out
     assert rc == 0
     data = json.loads((out / "gpu_suite.json").read_text())

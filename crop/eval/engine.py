@@ -71,17 +71,22 @@ class Engine:
         return self._region_cache[benchmark, item.key]
 
     def _timed_region(self, item: Any, original: Any, benchmark: str) -> tuple[Any, float | None]:
-        """(region, localizer seconds or None for a regions file); CUDA work is synchronised."""
-        from crop.eval.efficiency import _sync
+        """(region, localizer seconds or None for a regions file).
+
+        On CUDA the *current stream* is synchronised around the call, not the device: ahead of
+        time the localizer runs on its own stream (``predict_ahead``), and a device-wide sync
+        there would also wait for the VLM's kernels and count them as the localizer's time."""
+        import torch
 
         localizer = self.regions.localizer
         if localizer is None:
             return self.regions.region(item, original, benchmark), None
         device = next(localizer.model.parameters()).device
-        _sync(device)
+        sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else (lambda: None)
+        sync()
         t = time.perf_counter()
         region = self.regions.region(item, original, benchmark)
-        _sync(device)
+        sync()
         return region, time.perf_counter() - t
 
     def ahead_regions(self, items: Iterable[Any], bench: BenchmarkConfig) -> Iterator[Any]:

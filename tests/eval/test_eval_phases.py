@@ -26,8 +26,9 @@ from crop.eval.scorers.common import read_jsonl  # noqa: E402
 LAYERS, HIDDEN, ELEM = 3, 32, 4  # tests/eval/conftest.py's tiny Llama text config, fp32
 
 
-def _cfg(model_dir, bench, out, **method):
-    return EvalConfig.from_dict({"model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
+def _cfg(model_dir, bench, out, family="llava", **method):
+    return EvalConfig.from_dict({"model": {"path": str(model_dir), "family": family, "dtype": "float32",
+                                           "device": "cpu"},
                                  "method": {"layer": 1, **method}, "output_dir": str(out),
                                  "benchmarks": [dict(bench, max_new_tokens=3)]})
 
@@ -161,3 +162,18 @@ def test_ahead_of_time_needs_an_in_process_localizer(tiny_llava_dir, tiny_benchm
     assert parser.parse_args(["--config", "x.yaml"]).ahead_of_time is False
     with pytest.raises(SystemExit, match="in-process localizer"):
         run_eval(_cfg(tiny_llava_dir, tiny_benchmarks["gqa"], tmp_path / "none", name="none"), ahead_of_time=True)
+
+
+@pytest.mark.parametrize("family, per_pos", [("llava_next", 2 * 32 * 4), ("qwen2_vl", 2 * 2 * 8 * 4)])
+def test_other_families_report_encoding_and_cache(family, per_pos, tiny_next_dir, tiny_qwen_dir, tiny_benchmarks,
+                                                  tmp_path):
+    """LLaVA-NeXT's tower + projector and Qwen2-VL's ``visual`` are found; the cache bytes follow
+    the family's own KV width (Qwen2-VL: 2 KV heads of 8 dims; conftest's tiny configs)."""
+    torch.set_num_threads(1)
+    model_dir = {"llava_next": tiny_next_dir, "qwen2_vl": tiny_qwen_dir}[family]
+    bench = tiny_benchmarks["gqa"]
+    run_eval(_cfg(model_dir, bench, tmp_path / "run", family, name="none"))
+    for row in _rows(tmp_path / "run", bench):
+        assert 0 < row["encode_s"] < row["prefill_s"]
+        positions, rest = divmod(row["kv_cache_bytes"], LAYERS * per_pos)
+        assert rest == 0 and positions > row["visual_tokens_in"] > 0  # prompt + new - 1 positions

@@ -61,7 +61,8 @@ def _prefill(model, ids, method: str, layouts, budget: int = 64):
     from crop.pruning import attach_fastv, attach_ilp, region_keep_plan
 
     if method == "ilp":
-        plan = region_keep_plan(layouts, [(0.3, 0.3, 0.7, 0.7)] * len(layouts), image_sizes_wh=[(336, 336)] * len(layouts),
+        b = len(layouts)
+        plan = region_keep_plan(layouts, [(0.3, 0.3, 0.7, 0.7)] * b, image_sizes_wh=[(336, 336)] * b,
                                 llava_geometry="resize", budget=budget)
         handle = attach_ilp(model, plan, layer=2)
     else:
@@ -179,7 +180,8 @@ def test_latency_probe_reads_cuda_events():
         row = probe.stop()
     assert row["forward_calls"] == 4
     assert 0 < row["encode_s"] < row["prefill_s"] and 0 < row["kv_cache_s"] < row["total_s"]
-    assert row["kv_cache_bytes"] == 3 * 2 * 32 * 4 * (ids.shape[1] + 4 - 1)  # layers x (K, V) x hidden x fp32 x positions
+    # layers x (K, V) x hidden x fp32 bytes x positions (prompt + new - 1: the last token is never fed)
+    assert row["kv_cache_bytes"] == 3 * 2 * 32 * 4 * (ids.shape[1] + 4 - 1)
 
 
 def test_plc_in_bf16_on_the_device_follows_fp32_cpu():
