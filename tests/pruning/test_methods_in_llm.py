@@ -430,3 +430,38 @@ def test_bad_stage_layers_raise():
             StagedHandle(model, lay, stages, PDropSelector([[4, 4]]))
     with _attach("pdrop", model, x) as run, torch.no_grad():  # nothing was left attached
         model(**run.inputs)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_rows_with_different_image_token_counts_equal_single_rows(name):
+    """LLaVA-NeXT images of different shapes (different visual counts per row, left-padded):
+    each row's stages and answer equal its own batch-1 run."""
+    model = build_model("llava_next", "sdpa")
+    a = build_inputs("llava_next", batch=1, seed=3, sizes_hw=[(10, 19)])
+    b = build_inputs("llava_next", batch=1, seed=4, sizes_hw=[(12, 12)])
+    if a["input_ids"].shape[1] < b["input_ids"].shape[1]:
+        a, b = b, a
+    pad = a["input_ids"].shape[1] - b["input_ids"].shape[1]
+    z = torch.zeros(1, pad, dtype=torch.long)
+    pa, pb = a["pixel_values"], b["pixel_values"]
+    extra = pa.shape[1] - pb.shape[1]
+    if extra < 0:
+        pa, extra = torch.cat([pa, torch.zeros(1, -extra, *pa.shape[2:])], 1), 0
+    pb = torch.cat([pb, torch.zeros(1, extra, *pb.shape[2:])], 1)  # (1, P, 3, 8, 8): unused patches
+    x = {"input_ids": torch.cat([a["input_ids"], torch.cat([z, b["input_ids"]], 1)]),
+         "attention_mask": torch.cat([a["attention_mask"], torch.cat([z, b["attention_mask"]], 1)]),
+         "pixel_values": torch.cat([pa, pb]), "image_sizes": torch.cat([a["image_sizes"], b["image_sizes"]])}
+    n = [int((t["input_ids"] == IMG).sum()) for t in (a, b)]
+    assert n[0] != n[1]
+    gen = dict(GEN, min_new_tokens=4)
+    with torch.no_grad():
+        with _attach(name, model, x) as run:
+            both = model.generate(**run.inputs, **gen)
+        rows = run.rows()
+        for r, single in enumerate((a, b)):
+            with _attach(name, model, single) as run1:
+                one = model.generate(**run1.inputs, **gen)
+            assert rows[r]["visual_tokens_in"] == n[r] and rows[r]["stages"] == run1.rows()[0]["stages"]
+            assert torch.equal(both.sequences[r, -4:], one.sequences[0, -4:])
+            for lb, l1 in zip(both.logits, one.logits):
+                torch.testing.assert_close(lb[r : r + 1], l1, atol=1e-4, rtol=0)
