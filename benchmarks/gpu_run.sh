@@ -5,7 +5,7 @@
 # gpu_suite.md and gpu_suite.log into $OUT (the device tool's folder that comes back) or
 # benchmarks/results/gpu. With the device tool:
 #
-#     run(command="bash benchmarks/gpu_run.sh", carry=[".gpu-wheels"], timeout_s=540)
+#     run(command="bash benchmarks/gpu_run.sh", carry=[".gpu-wheels"], timeout_s=450)
 #
 # Arguments go to gpu_suite.py (e.g. --skip next13b, --limit ahead=60). Why a .pth file: the
 # device's python3 is itself a venv (/opt/torch/.venv), and `venv --system-site-packages` exposes

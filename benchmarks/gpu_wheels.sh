@@ -7,7 +7,7 @@
 # installs these with `pip install --no-index --find-links`.
 #
 #     bash benchmarks/gpu_wheels.sh            # then, on the device (the device tool's `run`):
-#     run(command="bash benchmarks/gpu_run.sh", carry=[".gpu-wheels"], timeout_s=540)
+#     run(command="bash benchmarks/gpu_run.sh", carry=[".gpu-wheels"], timeout_s=450)
 #
 # CROP_GPU_WHEELS (folder), CROP_GPU_PYTHON (version, default 3.12) and PYTHON (the pip to use)
 # override the defaults. The total size is printed: the tree that travels must stay under 64 MiB.
