@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,22 +34,16 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
 
 from lmms_tiny import SUFFIX, TASK, offline_env, run_lmms_eval, write_images_and_regions, write_task, write_tiny_llava  # noqa: E402
 
-PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
 FILLER = "unanswerable"
 
 
 @pytest.fixture(scope="module")
-def entry_point(tmp_path_factory) -> str:
-    """crop's ``lmms_eval.models`` entry point, installed from ``plugin_dist`` when the project's
-    own install does not provide it yet (a copy is built, so the source tree stays clean)."""
-    if any(ep.name == "crop" for ep in importlib.metadata.entry_points(group="lmms_eval.models")):
-        return "present"
-    dist = tmp_path_factory.mktemp("plugin_dist") / "dist"
-    shutil.copytree(PLUGIN_DIST, dist)
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           str(dist)], capture_output=True, text=True)
-    assert proc.returncode == 0, f"installing the test entry point failed:\n{proc.stderr[-3000:]}"
-    return "installed"
+def entry_point() -> str:
+    """crop's ``lmms_eval.models`` entry point, as the project's install registers it (pyproject.toml)."""
+    eps = [ep for ep in importlib.metadata.entry_points(group="lmms_eval.models") if ep.name == "crop"]
+    assert eps, "no 'crop' entry point in group lmms_eval.models: install the project (pip install -e \".[lmms]\")"
+    assert eps[0].value == "crop.lmms:manifest", eps[0].value
+    return eps[0].value
 
 
 def test_lmms_eval_resolves_crop(entry_point, tmp_path):
