@@ -498,7 +498,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "visual tokens averaged over the LLM's layers (docs/baselines.md)")
     parser.add_argument("--budgets", nargs="+", type=int,
                         help="the column groups of --convention (default: the runs' integer budgets); a run "
-                             f"more than {NEAR:.0%} from every budget gets a group of its own")
+                             f"more than {NEAR:.0%}% from every budget gets a group of its own")
     parser.add_argument("--md", help="write Markdown here (default: print it)")
     parser.add_argument("--csv", help="write CSV here")
 
