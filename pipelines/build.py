@@ -12,7 +12,7 @@ Graph (each step a thin shell over a pure function in ``pipelines.*``)::
     shard stats + rejects + counts + input checksums --> WriteOutputs (manifest, stats, rejects,
         reconciliation, dataset card)
 
-Only small Items (source, hash, key, where the record lives: ~70 bytes) cross stages and
+Only small Items (source, hash, where the record lives: ~37 bytes) cross stages and
 shuffles, so memory does not grow with the records' size; record and image bytes are read by
 the writer of their shard (``pipelines.chunks``).
 Mixing: within each source, selected samples are ranked by a seeded hash and dealt round-robin
@@ -161,13 +161,13 @@ class ReadChunkFn(beam.DoFn):
 
 
 class Item(NamedTuple):
-    """What the shuffles carry for one valid record (~70 bytes encoded, emitted as a plain
-    tuple): the selection needs ``source`` and ``sort_hash``, the writer's dedup needs ``key``
-    and (file, line), and ``spec_index``/``start``/``end`` let the writer read the record again
-    (``chunks.read_record``) instead of every parsed record being held between stages."""
+    """What the shuffles carry for one valid record (~37 bytes encoded, emitted as a plain
+    tuple): the selection needs ``source`` and ``sort_hash``; ``spec_index``/``line``/``start``/
+    ``end`` let the shard writer read the record again (``chunks.read_record``) and parse it
+    again for everything else (its key included) instead of every parsed record being held
+    between stages."""
     source: str
     sort_hash: int
-    key: str
     spec_index: int
     line: int
     start: int
@@ -213,7 +213,7 @@ class ParseFn(beam.DoFn):
         else:
             if len(el) > 4:
                 ref = el[4]
-                yield tuple(Item(cand["source"], cand["sort_hash"], cand["key"], ref[0], ref[1], ref[2], ref[3]))
+                yield tuple(Item(cand["source"], cand["sort_hash"], ref[0], ref[1], ref[2], ref[3]))
             else:
                 yield cand
             return
@@ -225,21 +225,52 @@ class ParseFn(beam.DoFn):
 
 
 # --------------------------------------------------------------------------- selection and shards
+class CollectHashesFn(beam.CombineFn):
+    """One source's sort hashes in an ``array('q')``: 8 bytes per record, where a list of Python
+    ints (Beam's ToList) costs ~40 in every stage that holds it. ``None`` (the per-source seed
+    of ``build``) adds nothing but makes the source's entry exist."""
+
+    def create_accumulator(self):
+        from array import array
+
+        return array("q")
+
+    def add_input(self, acc, h):
+        if h is not None:
+            acc.append(h)
+        return acc
+
+    def merge_accumulators(self, accs):
+        from array import array
+
+        out = array("q")
+        for a in accs:
+            out.extend(a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
 def select(kv, recipe: Recipe) -> tuple[str, dict]:
     """Bottom-k by seeded hash over distinct keys: the same seed and inputs select the same
     records anywhere. Records sharing a key (duplicates) share a hash and are counted once here;
     the writer keeps the first and rejects the others (``duplicate_key``). ``capped`` counts every
-    record, duplicates included, that the cap left out. ``selected_hashes`` is a sorted
-    ``array('q')`` (8 bytes per selected record: it is a side input on every worker)."""
+    record, duplicates included, that the cap left out. ``hashes``: an ``array('q')`` (the
+    build) or any iterable of ints and ``None``. ``selected_hashes`` is a sorted ``array('q')``
+    (8 bytes per selected record: it is a side input on every worker)."""
     from array import array
+
+    import numpy as np
 
     source, hashes = kv
     spec = recipe.llava if source == "llava" else recipe.sources.get(source)
-    ordered = sorted(h for h in hashes if h is not None)  # None: the per-source seed, not a record
-    unique = array("q")
-    for h in ordered:
-        if not unique or unique[-1] != h:
-            unique.append(h)
+    if isinstance(hashes, array):
+        values = np.frombuffer(hashes, dtype=np.int64)
+    else:  # None: the per-source seed, not a record
+        values = np.fromiter((h for h in hashes if h is not None), dtype=np.int64)
+    values = np.sort(values)  # sort hashes are 63-bit: int64 holds them
+    unique = np.unique(values)
     n = 0 if spec is None else spec.resolve(len(unique))
     wanted = None if spec is None else (spec.cap if spec.cap is not None else n)
     if spec is not None and spec.cap is not None and spec.cap > len(unique):
@@ -249,9 +280,11 @@ def select(kv, recipe: Recipe) -> tuple[str, dict]:
         # information, not a warning: a cap is an upper bound (the summary and stats.json report
         # the shortfall); recipes that need the exact count set strict_caps.
         log.info(msg)
-    taken = bisect.bisect_right(ordered, unique[n - 1]) if n else 0
-    return source, {"selected_hashes": unique[:n], "selected": n, "available": len(unique),
-                    "capped": len(ordered) - taken, "wanted": wanted}
+    taken = int(np.searchsorted(values, unique[n - 1], side="right")) if n else 0
+    selected = array("q")
+    selected.frombytes(unique[:n].astype(np.int64).tobytes())
+    return source, {"selected_hashes": selected, "selected": n, "available": int(len(unique)),
+                    "capped": int(len(values)) - taken, "wanted": wanted}
 
 
 def shard_count(selection: dict, max_samples: int) -> int:
@@ -430,13 +463,6 @@ class WriteShardFn(beam.DoFn):
             except Exception:  # noqa: BLE001 - the bundle's own error is the one re-raised
                 pass
 
-    def _order(self, v) -> tuple[str, str, int]:
-        """(key, file name, line): the writer's record order, and who wins among duplicates."""
-        if isinstance(v, dict):
-            return v["key"], v["source_file"], v["line"]
-        it = Item._make(v)
-        return it.key, posixpath.basename(self.specs[it.spec_index][2]), it.line
-
     def _candidate(self, v) -> dict:
         """The candidate of an :class:`Item`: its record read again and parsed again."""
         if isinstance(v, dict):
@@ -448,9 +474,9 @@ class WriteShardFn(beam.DoFn):
             cand = parse_record(self.recipe, it.source, posixpath.basename(path), it.line, payload)
         except Rejected:
             cand = None
-        if cand is None or cand["key"] != it.key:
-            raise RuntimeError(f"{path}: record {it.line} no longer parses to key {it.key}: the input changed "
-                               "while the build ran")
+        if cand is None or cand["sort_hash"] != it.sort_hash:
+            raise RuntimeError(f"{path}: record {it.line} no longer parses to what was selected: the input "
+                               "changed while the build ran")
         return cand
 
     @staticmethod
@@ -463,33 +489,32 @@ class WriteShardFn(beam.DoFn):
         """Tar the shard to a temporary file; returns it (not yet committed) and its stats.
 
         ``cands``: :class:`Item` tuples (the build: each record is read and parsed again here,
-        one at a time, so no stage holds parsed records) or candidate dicts (unit use)."""
+        so no stage holds parsed records; a shard's candidates are held while it is written) or
+        candidate dicts (unit use)."""
         r = self.recipe
-        order = sorted((self._order(v) + (v,) for v in cands), key=lambda e: e[:3])
+        remote = not (io_.is_local(r.inputs.image_root) and all(io_.is_local(sp[2]) for sp in self.specs or ()))
+        cands = list(prefetch(self._candidate, list(cands)) if remote else map(self._candidate, cands))
+        cands.sort(key=lambda c: (c["key"], c["source_file"], c["line"]))
         rejects, per_source, per_kind = [], {}, {}
         kept, first = [], None
-        for e in order:
+        for c in cands:
             # Duplicates share their key, hence their hash, rank and shard, so they always meet
             # in the same writer (no shuffle of their own); the first by (file, line) is kept.
-            if first is not None and e[0] == first[0]:
-                c = self._candidate(e[3])
-                err = Rejected(STAGE_DEDUP, "duplicate_key", f"key {c['key']} already taken by {first[1]}:{first[2]}")
+            if first is not None and c["key"] == first["key"]:
+                err = Rejected(STAGE_DEDUP, "duplicate_key",
+                               f"key {c['key']} already taken by {first['source_file']}:{first['line']}")
                 rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
             else:
-                first = e
-                kept.append(e[3])
-        del order
+                first = c
+                kept.append(c)
+        del cands
         sample_stats = summary.empty_sample_stats()
         image_root = ImageRoot(r.inputs.image_root)  # the root's real path, resolved once per shard
 
         def reject(c, err: Rejected) -> None:
             rejects.append(reject_record(c["source"], c["source_file"], c["line"], c["source_id"], err))
 
-        def fetch(v):  # runs in I/O threads; a failure is returned, not raised, to keep order
-            try:
-                c = self._candidate(v)
-            except Exception as e:  # noqa: BLE001 - an I/O error or a changed input: fails the bundle
-                return e, None, None
+        def fetch(c):  # runs in I/O threads; a failure is returned, not raised, to keep order
             if c["image_rel"] is None:
                 return c, None, None
             try:
@@ -500,8 +525,7 @@ class WriteShardFn(beam.DoFn):
         def samples() -> Iterator:
             # Object stores have high latency per read: overlap reads in I/O threads. Local files
             # come from disk or page cache fast enough that thread hand-offs cost more than they save.
-            remote = not (io_.is_local(r.inputs.image_root) and all(io_.is_local(sp[2]) for sp in self.specs or ()))
-            fetched = prefetch(fetch, kept) if remote else map(fetch, kept)
+            fetched = prefetch(fetch, kept) if not io_.is_local(r.inputs.image_root) else map(fetch, kept)
             try:
                 yield from finalized(fetched)
             finally:  # on any error, stop the prefetch threads now, not at garbage collection
@@ -510,8 +534,6 @@ class WriteShardFn(beam.DoFn):
 
         def finalized(fetched) -> Iterator:
             for c, rel, data in fetched:
-                if isinstance(c, BaseException):
-                    raise c
                 if isinstance(rel, OSError):
                     # An I/O failure (network, disk) says nothing about the record: fail the bundle
                     # so that the runner retries it, rather than publish a reject for a good record.
@@ -598,7 +620,7 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error
     seeds = p | "RecipeSources" >> beam.Create([(source, None) for source in wanted])
     selection = ((parsed.ok | "HashBySource" >> beam.Map(lambda it: (it[0], it[1])), seeds)
                  | "WithRecipeSources" >> beam.Flatten()
-                 | "CollectHashes" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+                 | "CollectHashes" >> beam.CombinePerKey(CollectHashesFn())
                  | "Select" >> beam.Map(select, recipe))
     shard_stats = (parsed.ok
                    | "Assign" >> beam.ParDo(AssignShardFn(recipe.shard_max_samples), beam.pvalue.AsDict(selection))
