@@ -170,7 +170,8 @@ class _JsonListScanner:
         return None
 
     def scan(self) -> Iterator[int]:
-        """Yield the file offsets of ``[``, every top-level ``,`` and the final ``]``."""
+        """Yield the file offsets of ``[``, every top-level ``,`` and the final ``]`` (only ``[``
+        for an empty list): n + 1 cuts for n elements."""
         p = 0
         while True:  # the opening bracket
             while p < len(self.buf) and self.buf[p] in _SPACE:
@@ -190,8 +191,7 @@ class _JsonListScanner:
             q = p
             while q < len(self.buf) and self.buf[q] in _SPACE:
                 q += 1
-            if empty and q < len(self.buf) and self.buf[q] == 0x5D:  # "[]"
-                yield self.base + q
+            if empty and q < len(self.buf) and self.buf[q] == 0x5D:  # "[]": no element, no more cut
                 return self.trailer(q + 1, n)
             if q < len(self.buf):
                 empty = False
@@ -264,7 +264,7 @@ def read_chunk(fmt: str, path: str, chunk: Chunk) -> Iterator[tuple[RecordRef, o
                 raise ValueError("more elements than the index found")
             yield RecordRef(chunk.spec_index, chunk.first + count, cuts[count] + 1, cuts[count + 1]), obj
             count += 1
-    except ValueError as e:  # ijson.JSONError is a ValueError
+    except (ValueError, _json_error()) as e:
         raise ValueError(f"{path}: not a valid JSON list near element {chunk.first + count}: {e}") from None
     if count != n:
         raise ValueError(f"{path}: not a valid JSON list near element {chunk.first + count}: "
@@ -286,6 +286,12 @@ def read_record(fmt: str, path: str, ref: RecordRef, opened=None):
     for obj in _json_items(data, ""):
         return obj
     raise ValueError(f"{path}: element {ref.line} is empty (the file changed while the build ran?)")
+
+
+def _json_error() -> type:
+    import ijson
+
+    return ijson.JSONError
 
 
 def _json_items(data: bytes, prefix: str) -> Iterator:
