@@ -1,5 +1,6 @@
 """CUDA-only paths (issue 19): device placement of the pruning plug-ins, bf16, the fused SDPA
-kernels under ILP, the localizer on its own CUDA stream, CUDA-event timing in crop eval's probe.
+kernels under ILP, the localizer on its own CUDA stream (alone and in ``crop eval --ahead-of-time``),
+CUDA-event timing in crop eval's probe, PLC in bf16.
 
 Marked ``gpu``: the default suite deselects them; ``benchmarks/gpu_suite.py`` runs them on the
 device with ``-m gpu --noconftest`` (these tests need no fixture from a conftest, and the
@@ -197,3 +198,49 @@ def test_plc_in_bf16_on_the_device_follows_fp32_cpu():
         got = plc.to(DEVICE, dtype)(x.to(DEVICE, dtype), masks.to(DEVICE)).float().cpu()
     assert got.shape == ref.shape == (2, plc.config.num_output_tokens, 64)
     assert _cos(got, ref) > 0.99
+
+
+def test_crop_eval_ahead_of_time_on_the_device(tmp_path):
+    """``crop eval --ahead-of-time`` on the device: the localizer on its own CUDA stream gives the
+    same regions and answers as the serial run, and every row has its CUDA-event phase figures."""
+    import dataclasses
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from crop.eval.runner import EvalConfig, run_eval
+    from crop.eval.scorers.common import read_jsonl
+    from crop.models.localizer import TinySpec, build_tiny_localizer
+
+    spec = importlib.util.spec_from_file_location(  # tests/eval's tiny LLaVA builder, without its fixtures' conftest
+        "eval_tiny_models", Path(__file__).resolve().parents[1] / "eval" / "conftest.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    llava = tiny.build_tiny_llava(tmp_path / "llava")
+    build_tiny_localizer(TinySpec(seed=3)).save_pretrained(str(tmp_path / "loc"))
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, (w, h) in enumerate([(160, 96), (48, 80), (128, 128)]):
+        Image.new("RGB", (w, h), (60 * i, 100, 200 - 60 * i)).save(tmp_path / "img" / f"im{i}.jpg")
+        rows.append({"question_id": f"q{i}", "image": f"im{i}.jpg", "text": f"What is left of {i}?"})
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(out, ahead):
+        cfg = EvalConfig.from_dict({
+            "model": {"path": str(llava), "dtype": "float32", "device": DEVICE},
+            "method": {"name": "ilp", "layer": 1, "budget": 4, "localizer": str(tmp_path / "loc")},
+            "output_dir": str(tmp_path / out),
+            "benchmarks": [{"name": "gqa", "question_file": str(tmp_path / "q.jsonl"),
+                            "image_folder": str(tmp_path / "img"), "max_new_tokens": 3}]})
+        run_eval(dataclasses.replace(cfg, score=False), ahead_of_time=ahead)
+        folder = tmp_path / out / "gqa"
+        return read_jsonl(folder / "answers.jsonl"), read_jsonl(folder / "efficiency.jsonl")
+
+    (serial_ans, serial), (ahead_ans, ahead) = run("serial", False), run("ahead", True)
+    assert [r["text"] for r in ahead_ans] == [r["text"] for r in serial_ans]
+    assert [r["region"] for r in ahead] == [r["region"] for r in serial]
+    for row in ahead:
+        assert row["localizer_s"] > 0 and row["localizer_wait_s"] >= 0
+        assert 0 < row["encode_s"] < row["prefill_s"] and 0 < row["kv_cache_s"] < row["total_s"]
