@@ -19,7 +19,9 @@ given region, the hooks' selection work included) to the end of the prefill forw
 (``model(**inputs)``: vision encoder, projector, decoder, LM head), warmed up once, measured
 ``--reps`` interleaved rounds in a fresh seeded order, medians reported; ratios are medians of
 per-round paired ratios. ``self - ilp`` is what finding the region in-model costs over being
-handed it; the localizer's own cost (not run here) is in the FLOPs table.
+handed it; on a loaded CPU it drowns in noise, so ``select ms`` also times the selection hook
+itself (self: attention row, block scores, rectangle search, keep plan; FastV: attention row,
+top-R plan) in separate prefills. The localizer's own cost (not run here) is in the FLOPs table.
 
 FLOPs table (``flops_table``; 2 FLOPs per multiply-add, matmuls and attention only): unpruned
 LLaVA-1.5-7B (CLIP ViT-L/14-336 + projector + 32 layers), ILP at K with R tokens, the same plus
@@ -123,6 +125,34 @@ def prefill_ms(model, spec, inputs, req, device: str) -> tuple[float, dict]:
     return ms, run.rows()[0]
 
 
+def selection_ms(model, spec, inputs, req, device: str, reps: int) -> float:
+    """Median time inside the selection hook per prefill (self: attention row, block scores,
+    rectangle search, keep plan; FastV: attention row, top-R plan), in separate untimed prefills."""
+    from crop.pruning.fastv import FastVHandle
+    from crop.pruning.methods.self_region import SelfRegionHandle
+    from methods_speed import sync
+
+    cls, attr = (SelfRegionHandle, "_post_read") if spec.name == "self" else (FastVHandle, "_post_select")
+    original = getattr(cls, attr)
+    spent: list[float] = []
+
+    def timed(handle, *a, **k):
+        sync(device)
+        t0 = time.perf_counter()
+        out = original(handle, *a, **k)
+        sync(device)
+        spent.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    setattr(cls, attr, timed)  # bound at attach time: only the handles made below use it
+    try:
+        for _ in range(reps):
+            prefill_ms(model, spec, inputs, req, device)
+    finally:
+        setattr(cls, attr, original)
+    return statistics.median(spent)
+
+
 def run(args: argparse.Namespace) -> dict:
     from crop.geometry import Region
     from crop.pruning.registry import PruneRequest, get_method
@@ -160,8 +190,11 @@ def run(args: argparse.Namespace) -> dict:
     def paired(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
+    select = {name: selection_ms(model, configs[name][0], inputs, configs[name][1], args.device, args.reps)
+              for name in ("self", "fastv")}
     result_rows = [{"config": name, "kept": kept_by[name], "prefill_ms": statistics.median(times[name]),
-                    "x_none": paired(name, "none"), "x_ilp": paired(name, "ilp")} for name in configs]
+                    "x_none": paired(name, "none"), "x_ilp": paired(name, "ilp"), "select_ms": select.get(name)}
+                   for name in configs]
     return {"config": {k: v for k, v in vars(args).items()}, "region": list(region),
             "attention_share": first["attention_share"], "rows": result_rows,
             "self_minus_ilp_ms": statistics.median(s - i for s, i in zip(times["self"], times["ilp"])),
@@ -174,9 +207,11 @@ def table(result: dict) -> str:
              f"{c['layers']} decoder layers, K={c['layer']}, S={c['self_layer']}, R={c['budget']}, "
              f"{c['reps']} rounds (medians; ratios: medians of per-round pairs)",
              f"self's region {result['region']} (attention share {result['attention_share']:.3f}; random weights)",
-             f"{'config':8} {'kept':>5} {'prefill ms':>11} {'x none':>7} {'x ilp':>7}"]
+             f"{'config':8} {'kept':>5} {'prefill ms':>11} {'x none':>7} {'x ilp':>7} {'select ms':>10}"]
     for r in result["rows"]:
-        lines.append(f"{r['config']:8} {r['kept']:>5} {r['prefill_ms']:>11.1f} {r['x_none']:>7.3f} {r['x_ilp']:>7.3f}")
+        sel = "" if r["select_ms"] is None else f"{r['select_ms']:.2f}"
+        lines.append(f"{r['config']:8} {r['kept']:>5} {r['prefill_ms']:>11.1f} {r['x_none']:>7.3f} "
+                     f"{r['x_ilp']:>7.3f} {sel:>10}")
     lines.append(f"self - ilp: {result['self_minus_ilp_ms']:+.2f} ms per prefill (median of round pairs)")
     lines.append("")
     lines.append(flops_text(result["flops"]))

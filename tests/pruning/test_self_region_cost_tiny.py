@@ -32,6 +32,7 @@ def test_self_region_cost_tiny(tmp_path, monkeypatch):
     kept = rows["self"]["kept"]
     assert 0 < kept <= result["config"]["budget"] and rows["ilp"]["kept"] == rows["fastv"]["kept"] == kept
     assert all(r["prefill_ms"] > 0 for r in rows.values())
+    assert rows["self"]["select_ms"] > 0 and rows["fastv"]["select_ms"] > 0 and rows["ilp"]["select_ms"] is None
     flops = {r["config"].split(" ")[0]: r for r in result["flops"]}
     assert flops["unpruned"]["x_unpruned"] == 1.0
     assert flops["self"]["tflops"] < flops["unpruned"]["tflops"] < [r for r in result["flops"] if "localizer" in r["config"]][0]["tflops"]
