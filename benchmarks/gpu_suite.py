@@ -450,7 +450,8 @@ def section_ilp7b(suite: Suite) -> dict[str, Any]:
     _ratios(rows)
     return {"status": "truncated" if truncated else "ok", "rows": rows, "shape": shape.__dict__,
             "notes": [f"K={a.k}; {a.text} text tokens + 576 visual; FastV keeps exactly R, ILP a ~R-token rectangle; "
-                      f"decode over {a.decode} steps; time_ratio (prefill) and peak_above_ratio are relative to none at the same batch"]}
+                      f"decode over {a.decode} steps; time_ratio (prefill) and peak_above_ratio are relative to "
+                      "none at the same batch"]}
 
 
 def _ratios(rows: list[dict]) -> None:
