@@ -14,7 +14,11 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version of the sample contract new records carry. 2 (issue 21) added ``regions_blocks``."""
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Versions readers accept: a version-1 record (no ``regions_blocks`` key) is still valid; read its
+regions with :func:`regions_of`."""
 _KEY_OK = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -48,6 +52,7 @@ def _record(**fields: Any) -> dict:
         "boxes_xyxy_px": None,
         "union_box_xyxy_px": None,
         "region_blocks": None,
+        "regions_blocks": None,
         "grid_size": None,
     }
     unknown = set(fields) - set(rec)
@@ -61,16 +66,31 @@ def region_record(*, source: str, source_id: str, source_file: str, image: str, 
                   image_height: int, question: str, answer: str,
                   boxes_xyxy_px: Sequence[Sequence[float]], union_box_xyxy_px: Sequence[float],
                   region_blocks: Sequence[int], grid_size: int, trailing_period: bool | None = None,
-                  prompt: str | None = None, target: str | None = None) -> dict:
-    """A region sample. The conversation is derived from ``question`` and ``region_blocks`` with
-    the paper's template (``crop.formatting``); pass ``prompt``/``target`` only to override it."""
-    from crop import formatting
+                  prompt: str | None = None, target: str | None = None,
+                  regions_blocks: Sequence[Sequence[int]] | None = None) -> dict:
+    """A region sample. The conversation is derived from ``question`` and the regions with the
+    paper's template (``crop.formatting``); pass ``prompt``/``target`` only to override it.
 
+    ``regions_blocks`` (issue 21, the ``multi_box: regions`` policy): the question's disjoint
+    block regions in reading order (:func:`crop.geometry.multi_region.boxes_px_to_regions`);
+    ``region_blocks`` must then be their bounding rectangle (kept for readers of one region).
+    Default: the one region ``[region_blocks]``, whose target is the single-region template.
+    """
+    from crop import formatting
+    from crop.geometry.multi_region import bounding_region
+
+    regions = [[int(v) for v in region_blocks]] if regions_blocks is None else \
+        [[int(v) for v in r] for r in regions_blocks]
+    if not regions:
+        raise ValueError("regions_blocks is empty: give at least one region (or leave it None)")
+    if list(bounding_region(regions)) != [int(v) for v in region_blocks]:
+        raise ValueError(f"region_blocks {list(region_blocks)} is not the bounding rectangle of "
+                         f"regions_blocks {regions}")
     if prompt is None:
         prompt = formatting.render_region_prompt(question)
     if target is None:
         period = formatting.TRAILING_PERIOD if trailing_period is None else trailing_period
-        target = formatting.format_region(region_blocks, grid_size, trailing_period=period)
+        target = formatting.format_regions(regions, grid_size, trailing_period=period)
     return _record(
         key=make_key(source, source_id), kind="region", source=source, source_id=source_id,
         source_file=source_file, image=image, image_width=image_width, image_height=image_height,
@@ -78,8 +98,19 @@ def region_record(*, source: str, source_id: str, source_file: str, image: str, 
         question=question, answer=answer,
         boxes_xyxy_px=[[float(v) for v in b] for b in boxes_xyxy_px],
         union_box_xyxy_px=[float(v) for v in union_box_xyxy_px],
-        region_blocks=[int(v) for v in region_blocks], grid_size=grid_size,
+        region_blocks=[int(v) for v in region_blocks], regions_blocks=regions, grid_size=grid_size,
     )
+
+
+def regions_of(record: Mapping) -> list[list[int]] | None:
+    """The block regions of a record, for every schema version: ``regions_blocks`` when present
+    (version 2), else ``[region_blocks]`` (version 1 records, union / first / largest policies);
+    None for instruction records."""
+    regions = record.get("regions_blocks")
+    if regions:
+        return [list(r) for r in regions]
+    single = record.get("region_blocks")
+    return None if single is None else [list(single)]
 
 
 def instruction_record(*, source_id: str, source_file: str, image: str | None,
@@ -131,7 +162,8 @@ SAMPLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("source_id", "string"), ("source_file", "string"), ("image", "string"),
     ("image_width", "int32"), ("image_height", "int32"), ("conversations", "conversations"),
     ("question", "string"), ("answer", "string"), ("boxes_xyxy_px", "list2:float64"),
-    ("union_box_xyxy_px", "list:float64"), ("region_blocks", "list:int32"), ("grid_size", "int32"),
+    ("union_box_xyxy_px", "list:float64"), ("region_blocks", "list:int32"),
+    ("regions_blocks", "list2:int32"), ("grid_size", "int32"),
 )
 
 

@@ -82,13 +82,14 @@ def test_region_and_instruction_records_have_the_same_keys():
     region, instr, text = _region(), _instruction(), _text_only()
     assert list(region) == list(instr) == list(text)  # same keys, same order
     props = _schema_doc("sample")["properties"]
-    assert set(region) == set(props) == set(_schema_doc("sample")["required"])
+    # regions_blocks (version 2) is always emitted but not required: version-1 shards lack it
+    assert set(region) == set(props) == set(_schema_doc("sample")["required"]) | {"regions_blocks"}
 
 
 def test_region_record_content():
     rec = _region()
     assert rec["kind"] == "region"
-    assert rec["schema_version"] == contract.SCHEMA_VERSION == 1
+    assert rec["schema_version"] == contract.SCHEMA_VERSION == 2
     assert rec["conversations"] == [
         {"from": "human", "value": rec["conversations"][0]["value"]},
         {"from": "gpt", "value": "2 2 5 5."},
@@ -136,7 +137,7 @@ SAMPLE_BROKEN = [
     pytest.param(_region, _set("key", "TextVQA-abc"), "key: 'TextVQA-abc' does not match", id="uppercase-key"),
     pytest.param(_region, _set("source", "coco"), "source: 'coco' is not one of", id="unknown-source"),
     pytest.param(_region, _set("kind", "caption"), "kind: 'caption' is not one of", id="unknown-kind"),
-    pytest.param(_region, _set("schema_version", 2), "schema_version: 1 was expected", id="schema-version-2"),
+    pytest.param(_region, _set("schema_version", 3), "schema_version: 3 is not one of [1, 2]", id="schema-version-3"),
     pytest.param(_region, _set("source_id", ""), "source_id: '' should be non-empty", id="empty-source-id"),
     pytest.param(_region, _set("region_blocks", [1, 2, 3]), "region_blocks: [1, 2, 3] is too short",
                  id="region-three-values"),
@@ -307,7 +308,9 @@ def test_schema_files_are_valid_versioned_json_schema():
         assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema", name
         assert doc["$id"].endswith(f"/{name}/v1"), doc["$id"]
         if "schema_version" in doc["properties"]:  # every file but rejects carries the version
-            assert doc["properties"]["schema_version"] == {"const": contract.SCHEMA_VERSION}, name
+            want = ({"enum": list(contract.READABLE_SCHEMA_VERSIONS)} if name == "sample"  # sample: v1 + v2
+                    else {"const": 1})  # manifest / stats: pipelines.summary.SCHEMA_VERSION
+            assert doc["properties"]["schema_version"] == want, name
 
 
 def test_unknown_schema_name_is_refused():
