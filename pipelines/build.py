@@ -115,7 +115,7 @@ class IndexFn(beam.DoFn):
     One element per file, so one worker streams each file; the chunks it emits are small (a byte
     range, or 8 bytes per JSON element) and are redistributed to every worker for parsing."""
 
-    def __init__(self, chunk_records: int = chunks.CHUNK_RECORDS):
+    def __init__(self, chunk_records: int | None = None):  # None: chunks.chunk_size of each file
         self.chunk_records = chunk_records
 
     def process(self, indexed_spec):

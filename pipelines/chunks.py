@@ -31,7 +31,9 @@ from typing import Iterator, NamedTuple
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-CHUNK_RECORDS = 2000  # records per chunk: ~330 chunks for LLaVA's 665k, ~1-3 MB of input each
+CHUNK_RECORDS = 2000  # most records per chunk: ~330 chunks for LLaVA's 665k, ~1-3 MB of input each
+MIN_CHUNK_RECORDS = 100
+TARGET_CHUNKS = 64  # smaller files are cut finer (down to MIN_CHUNK_RECORDS) to spread over workers
 BLOCK = 1 << 22  # bytes read per call while indexing
 
 # A JSON string (escapes included), or a lone quote (a string cut by the end of the buffer).
@@ -89,11 +91,23 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def index_file(spec_index: int, fmt: str, path: str, chunk_records: int = CHUNK_RECORDS) -> FileIndex:
-    """Stream ``path`` once: checksum, record count and chunk boundaries."""
+def chunk_size(total: int) -> int:
+    """Records per chunk for a file of ``total``: ~``TARGET_CHUNKS`` chunks, within
+    [``MIN_CHUNK_RECORDS``, ``CHUNK_RECORDS``] (a multiple of the minimum)."""
+    per = -(-total // TARGET_CHUNKS)
+    return min(CHUNK_RECORDS, max(MIN_CHUNK_RECORDS, -(-per // MIN_CHUNK_RECORDS) * MIN_CHUNK_RECORDS))
+
+
+def index_file(spec_index: int, fmt: str, path: str, chunk_records: int | None = None) -> FileIndex:
+    """Stream ``path`` once: checksum, record count and chunk boundaries (``chunk_records`` per
+    chunk, or :func:`chunk_size` of the file's record count)."""
     with _open(path) as f:
         if fmt == "cot_jsonl":
-            bounds, total, size, digest = _index_jsonl(f, chunk_records)
+            bounds, total, size, digest = _index_jsonl(f, chunk_records or MIN_CHUNK_RECORDS)
+            if chunk_records is None:  # merge the fine chunks into chunk_size(total) records each
+                k = chunk_size(total) // MIN_CHUNK_RECORDS
+                bounds = [(bounds[i][0], bounds[i][1], bounds[min(i + k, len(bounds)) - 1][2])
+                          for i in range(0, len(bounds), k)]
             cuts_of = [b""] * len(bounds)
         else:
             bounds, cuts_of, total, size, digest = _index_json_list(f, path, chunk_records)
@@ -219,12 +233,13 @@ class _JsonListScanner:
             p = 0
 
 
-def _index_json_list(f, path: str, chunk_records: int):
+def _index_json_list(f, path: str, chunk_records: int | None):
     scanner = _JsonListScanner(f, path)
     cuts = array("q", scanner.scan())  # n + 1 separators for n elements (8 bytes per record)
     while scanner.more(len(scanner.buf)):  # hash any bytes after the list (whitespace)
         pass
     total = len(cuts) - 1
+    chunk_records = chunk_records or chunk_size(total)
     bounds, cuts_of = [], []
     for i in range(0, total, chunk_records):
         part = cuts[i: i + chunk_records + 1]

@@ -117,3 +117,20 @@ def test_a_file_changed_after_indexing_fails_instead_of_reading_other_bytes(tmp_
     path.write_text("[]")
     with pytest.raises(IOError, match="changed while the build ran"):
         list(chunks.read_chunk("llava_json", str(path), index.chunks[1]))
+
+
+@pytest.mark.parametrize("fmt", ["cot_jsonl", "llava_json"])
+def test_chunk_sizes_follow_the_file_size(tmp_path, fmt):
+    """~64 chunks per file between 100 and 2000 records (fine for small files, so every worker
+    gets some; coarse for LLaVA's 665k); records and order unchanged."""
+    assert [chunks.chunk_size(n) for n in (1, 6400, 6500, 665_298)] == [100, 100, 200, 2000]
+    n = 1350
+    path = tmp_path / ("gqa_cot_train.jsonl" if fmt == "cot_jsonl" else "l.json")
+    if fmt == "cot_jsonl":
+        path.write_text("".join(json.dumps({"q": i}) + "\n" for i in range(n)))
+    else:
+        path.write_text(json.dumps([{"q": i} for i in range(n)]))
+    index = chunks.index_file(0, fmt, str(path))
+    assert [c.first for c in index.chunks] == list(range(1, n + 1, 100)) and index.total == n
+    got = [rec for c in index.chunks for _, rec in chunks.read_chunk(fmt, str(path), c)]
+    assert [json.loads(g)["q"] if fmt == "cot_jsonl" else g["q"] for g in got] == list(range(n))
