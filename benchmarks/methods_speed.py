@@ -1,7 +1,7 @@
 """Every registered pruning method at LLaVA-1.5-7B shapes: prefill, decode, KV cache, peak memory.
 
     nice python benchmarks/methods_speed.py --layers 2                 # CPU fp32, random weights
-    python benchmarks/methods_speed.py --device cuda --layers 32       # the GPU suite's run
+    python benchmarks/methods_speed.py --device cuda                   # 32 layers: the GPU suite's run
     python benchmarks/methods_speed.py --tiny                          # seconds: the default test
     python benchmarks/methods_speed.py --layers 2 --json runs/methods_speed.json
 
@@ -267,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
-    p.add_argument("--layers", type=int, default=None, help="decoder layers of the 7B-shaped language model (default 2; tiny 8)")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers of the 7B-shaped language model (default: 2 on CPU, 32 on CUDA; tiny 8)")
     p.add_argument("--vision-layers", type=int, default=None, help="CLIP encoder layers (24 real; default 2 on CPU, 24 on CUDA)")
     p.add_argument("--layer", type=int, default=None, help="K for in-LLM methods (default min(2, layers - 1))")
     p.add_argument("--budgets", type=int, nargs="+", default=None, help="R values (default 64 128 192)")
@@ -282,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     cuda = a.device.startswith("cuda")
     a.dtype = a.dtype or ("bfloat16" if cuda else "float32")
-    a.layers = a.layers or (8 if a.tiny else 2)  # 8: PDrop / SparseVLM stage layers scale down to it
+    a.layers = a.layers or (8 if a.tiny else 32 if cuda else 2)  # tiny 8: PDrop / SparseVLM stages fit
     a.vision_layers = a.vision_layers or (24 if cuda else 2)
     a.layer = a.layer if a.layer is not None else max(1, min(2, a.layers - 1))
     a.budgets = a.budgets or ([4, 8] if a.tiny else [64, 128, 192])
