@@ -359,11 +359,12 @@ class _Progress:
         if self.t0 is None:  # the first shard this process writes
             self.t0 = self.clock()
 
-    def done(self, samples: int) -> str:
+    def done(self, samples: int, planned: int | None = None) -> str:
         self.shards += 1
         self.samples += samples
         rate = self.samples / max(self.clock() - self.t0, 1e-9)
-        return f"{self.shards} shards written by this process at {rate:,.0f} samples/s"
+        of = f" of {planned} planned" if planned else ""
+        return f"{self.shards}{of} shards done by this process, {rate:,.0f} samples/s"
 
 
 class WriteShardFn(beam.DoFn):
@@ -395,6 +396,7 @@ class WriteShardFn(beam.DoFn):
         from concurrent.futures import ThreadPoolExecutor
 
         self.progress = _Progress()
+        self.planned = None  # shards in the whole job, once the selection is known
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crop-commit")
         self._pending: deque = deque()  # (future of _commit, "shard i of N") in submission order
 
@@ -410,7 +412,8 @@ class WriteShardFn(beam.DoFn):
         shard = io_.shard_file_name(self.recipe.shard_name, index)
         of = f"shard {index + 1}"
         if selection is not None:
-            of += f" of {shard_count(selection, self.recipe.shard_max_samples)}"
+            self.planned = shard_count(selection, self.recipe.shard_max_samples)
+            of += f" of {self.planned}"
         stats_path = io_.join(self.out_dir, io_.stats_file_name(shard))
         if io_.exists(stats_path) and io_.exists(io_.join(self.out_dir, shard)):
             log.info("%s (%s) already complete, skipped", shard, of)
@@ -450,7 +453,7 @@ class WriteShardFn(beam.DoFn):
             self.bytes_written.inc(stats["bytes"])
             self.rejected.inc(len(stats["rejects"]))
             log.info("wrote %s (%s): %d samples, %.1f MB, %d rejected; %s", stats["shard"], of, stats["samples"],
-                     stats["bytes"] / 1e6, len(stats["rejects"]), self.progress.done(stats["samples"]))
+                     stats["bytes"] / 1e6, len(stats["rejects"]), self.progress.done(stats["samples"], self.planned))
             yield stats
 
     def _abandon(self) -> None:
