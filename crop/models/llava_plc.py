@@ -72,7 +72,7 @@ def view_of(image_processor) -> str:
     return "resize"
 
 
-def context_masks(regions: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]], view: str,
+def context_masks(regions: Sequence, sizes: Sequence[tuple[int, int]], view: str,
                   grid_hw: tuple[int, int], tile_px: int | None = None) -> torch.Tensor:
     """Regions with their image sizes (W, H) -> flat context masks ``(B, R*C)`` in ``view``.
 
@@ -81,16 +81,29 @@ def context_masks(regions: Sequence[Sequence[int]], sizes: Sequence[tuple[int, i
     unless the region is the whole image, which makes every token context. ``tile_px`` is the
     vision tower's input side (``LlavaPLC.tile_px``); the centre crop needs it to follow the
     processor's integer arithmetic.
+
+    ``regions[b]`` may be a list of regions (issue 21). Then the result is an int64 label map:
+    0 outside every region, k inside region k (1-based, in the order given; a cell two regions
+    share keeps the lower label), one-region rows labelled 1; PLC takes the union as context and
+    splits its anchors over the regions. With one region per row it is the bool mask, as before.
     """
     from crop.geometry.regions import Region
-    from crop.pruning.region_map import llava_region_mask
+    from crop.pruning.region_map import llava_region_mask, region_list
 
     if view not in VIEWS:
         raise ValueError(f"view={view!r} is not one of {VIEWS}")
-    masks = [llava_region_mask(Region(*r), (int(w), int(h)), GEOMETRY_OF_VIEW[view], grid_hw, tile_px)
-             for r, (w, h) in zip(regions, sizes)]  # each (R, C)
-    out = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, *grid_hw), dtype=torch.bool)
-    return out.flatten(1)  # (B, R*C)
+    geometry = GEOMETRY_OF_VIEW[view]
+    lists = [region_list(r) for r in regions]
+    if all(rs is None for rs in lists):
+        masks = [llava_region_mask(Region(*r), (int(w), int(h)), geometry, grid_hw, tile_px)
+                 for r, (w, h) in zip(regions, sizes)]  # each (R, C)
+        out = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, *grid_hw), dtype=torch.bool)
+        return out.flatten(1)  # (B, R*C)
+    labels = np.zeros((len(regions), *grid_hw), dtype=np.int64)  # (B, R, C)
+    for b, (r, rs, (w, h)) in enumerate(zip(regions, lists, sizes)):
+        for k, one in reversed(list(enumerate([r] if rs is None else rs, start=1))):  # lower label wins
+            labels[b][llava_region_mask(Region(*one), (int(w), int(h)), geometry, grid_hw, tile_px)] = k
+    return torch.from_numpy(labels).flatten(1)  # (B, R*C)
 
 
 def expand_image_tokens(ids: Sequence[int], image_token_id: int, count: int) -> list[int]:

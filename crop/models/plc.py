@@ -20,6 +20,14 @@ Read top to bottom:
 6. Eq. 5   : output concat(X^fused, X^nkv_hat) (B, 68, d); ablation ``use_anchors=False`` (Table 6)
              gives concat(X^kv_hat, X^nkv_hat), also 68 tokens.
 
+Several regions (issue 21, beyond the paper): the context mask may be an integer *label map*
+``(B, R*C)`` (0 = not context, k = region k; ``llava_plc.context_masks`` builds it). The context
+tokens are the union of the regions (``labels > 0``), so Eqs. 2/3 are unchanged. The 64 anchors
+are split over the row's n regions (:func:`anchor_split`: ``64 // n`` each, the first ``64 % n``
+regions in reading order one more); region k's share is a near-square patch centred on its own
+token box (:func:`patch_shape`, :func:`multi_anchor_indices`). One region, or a bool mask, gives
+exactly the single 8x8 patch of step 4, so the output stays 68 tokens either way.
+
 Where PLC runs: on the projector outputs (d = d_h, the LLM width, 4096 for LLaVA-1.5-7B), as the
 paper defines X^v in R^{N^2 x d_h} and scales by sqrt(d_h). The anchors X^r are therefore the
 *uncompressed* projector outputs of the encoder tokens in the patch.
@@ -116,6 +124,50 @@ def anchor_indices(bbox: torch.Tensor, grid_hw: tuple[int, int], size: int = 8) 
     rr = top[:, None, None] + i[None, :, None]  # (B, size, 1)
     cc = left[:, None, None] + i[None, None, :]  # (B, 1, size)
     return (rr * cols + cc).reshape(len(bbox), size * size)  # (B, size*size), row-major
+
+
+def anchor_split(n_regions: int, total: int = 64) -> list[int]:
+    """Anchors per region: ``total // n`` each, one more for the first ``total % n`` (reading order)."""
+    if not 1 <= n_regions <= total:
+        raise ValueError(f"{n_regions} regions cannot share {total} anchors (1..{total} regions)")
+    base, extra = divmod(total, n_regions)
+    return [base + (i < extra) for i in range(n_regions)]
+
+
+def patch_shape(n: int) -> tuple[int, int]:
+    """``(h, w)`` of the near-square patch holding ``n`` anchors: ``h = floor(sqrt(n))``,
+    ``w = ceil(n / h)``; the anchors are its first ``n`` cells in row-major order (64 -> 8 x 8)."""
+    h = max(1, math.isqrt(n))
+    return h, -(-n // h)
+
+
+def multi_anchor_indices(labels: torch.Tensor, grid_hw: tuple[int, int], total: int = 64) -> torch.Tensor:
+    """Flat anchor indices ``(B, total)`` from region label maps ``(B, R, C)`` (0 = no region).
+
+    A row with n >= 2 regions (labels 1..n) gives region k :func:`anchor_split`'s share as the first
+    cells of a :func:`patch_shape` patch centred on region k's token box (the midpoint rule of
+    :func:`anchor_indices`), clamped into the grid. A row with at most one region gets
+    :func:`anchor_indices` of its context tokens' box: the single-region anchors, bit for bit.
+    """
+    rows, cols = grid_hw
+    B = labels.shape[0]
+    side = math.isqrt(total)
+    out = anchor_indices(mask_bbox(labels > 0), grid_hw, side)  # (B, total): the one-region rule
+    for b in range(B):
+        n = int(labels[b].max())
+        if n < 2:
+            continue
+        parts = []
+        boxes = mask_bbox(torch.stack([labels[b] == k for k in range(1, n + 1)]))  # (n, 4)
+        for (r0, c0, r1, c1), count in zip(boxes.tolist(), anchor_split(n, total)):
+            h, w = patch_shape(count)
+            h, w = min(h, rows), min(w, cols)
+            top = min(max((r0 + r1 + 1) // 2 - h // 2, 0), rows - h)
+            left = min(max((c0 + c1 + 1) // 2 - w // 2, 0), cols - w)
+            cells = [(top + i) * cols + left + j for i in range(h) for j in range(w)]
+            parts.extend(cells[:count])
+        out[b] = torch.tensor(parts, device=labels.device, dtype=out.dtype)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,7 +276,8 @@ class PLC(nn.Module):
         return region_token_masks(regions, self.grid_hw, self.config.region_grid).flatten(1)
 
     def forward(self, x: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """x: projector outputs ``(B, R*C, D)``; context_mask: ``(B, R*C)`` or ``(B, R, C)`` bool."""
+        """x: projector outputs ``(B, R*C, D)``; context_mask: ``(B, R*C)`` or ``(B, R, C)`` bool, or
+        an integer label map of several regions (module docstring, "Several regions")."""
         cfg, (R, C) = self.config, self.grid_hw
         B, L, D = x.shape
         if L != R * C or D != cfg.dim:
@@ -249,7 +302,11 @@ class PLC(nn.Module):
             return torch.cat([x_kv_hat, x_nkv_hat], 1)  # (B, 68, D)
 
         # X^r: 8x8 patch of the uncompressed tokens around the region's midpoint
-        idx = anchor_indices(bbox, (R, C), cfg.anchor_size)  # (B, 64)
+        labels = context_mask.reshape(B, R, C)
+        if labels.dtype != torch.bool and bool((labels > 1).any()):  # several regions: anchors split
+            idx = multi_anchor_indices(labels.long(), (R, C), cfg.anchor_size ** 2)  # (B, 64)
+        else:
+            idx = anchor_indices(bbox, (R, C), cfg.anchor_size)  # (B, 64)
         x_r = x.gather(1, idx[:, :, None].expand(-1, -1, D))  # (B, 64, D)
         x_r_pe = x_r + g * self.token_pe.to(x.dtype)[idx]  # (B, 64, D): P(X^r) by each anchor's cell
 

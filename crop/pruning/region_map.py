@@ -19,11 +19,21 @@ Two retention modes:
 
 LLaVA-NeXT newline tokens are kept iff their row keeps at least one token; they are not counted
 against the budget (they are counted in ``visual_kept``).
+
+Several regions per image (issue 21): :func:`region_keep_plan` also takes a *list* of regions for
+an image (:func:`region_list`). The kept set is the union of the regions' masks, view by view (a
+mask, not one rectangle). Exact mode: the union of each region's exact mask. Budget mode: ``R`` is
+spread over the regions by area (:func:`split_budget_by_area`: each region gets
+``floor(R * area_i / sum(area))`` tokens and the remaining tokens go one each to the largest
+fractional parts, ties to the earlier region), each share becomes its own :func:`budget_rect`
+around its region, and the union is kept; where two rectangles overlap a token counts once, so a
+row may keep fewer than ``R``. A one-element list keeps exactly what the region alone keeps.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from typing import Sequence, Union
 
@@ -323,6 +333,54 @@ def kept_count(lay: SampleLayout, box: BoxNorm, image_wh: tuple[int, int] | None
     return n
 
 
+def region_list(value) -> list | None:
+    """``None`` for one region (a ``Region`` or four numbers: a normalized box), else the list of
+    regions an image keeps together (each a ``Region`` or a normalized box)."""
+    if isinstance(value, Region):
+        return None
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"region {value!r} is a string; parse it first (crop.formatting)")
+    items = list(value)
+    if len(items) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+        return None
+    if not items:
+        raise ValueError("an empty list of regions keeps nothing; give at least one region")
+    return items
+
+
+def split_budget_by_area(budget: int, boxes: Sequence[BoxNorm]) -> list[int]:
+    """Spread ``budget`` tokens over boxes in proportion to their areas (largest remainder).
+
+    ``floor(budget * area_i / total)`` each, then one more token to the largest fractional parts,
+    ties to the earlier box. Areas are exact rationals of the normalized boxes; boxes of zero total
+    area share equally.
+    """
+    areas = [max(Fraction(0), (Fraction(b[2]) - Fraction(b[0])) * (Fraction(b[3]) - Fraction(b[1]))) for b in boxes]
+    total = sum(areas)
+    if total == 0:
+        areas, total = [Fraction(1)] * len(boxes), Fraction(len(boxes))
+    raw = [budget * a / total for a in areas]
+    out = [math.floor(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - out[i]), i))
+    for i in order[: budget - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def multi_image_keep_masks(lay: SampleLayout, image_index: int, boxes: Sequence[BoxNorm],
+                           image_wh: tuple[int, int] | None, llava_geometry: str = "center_crop",
+                           budget: int | None = None,
+                           whole_is_identity: bool = True) -> list[tuple[ViewGrid, np.ndarray]]:
+    """Like :func:`image_keep_masks` for several boxes on one image: the union of their masks,
+    view by view; a budget is spread over the boxes by :func:`split_budget_by_area` first."""
+    shares = split_budget_by_area(budget, boxes) if budget is not None else [None] * len(boxes)
+    union: list[tuple[ViewGrid, np.ndarray]] | None = None
+    for box, share in zip(boxes, shares):
+        masks = image_keep_masks(lay, image_index, box, image_wh, llava_geometry, share, whole_is_identity)
+        union = masks if union is None else [(v, m | m_new) for (v, m), (_, m_new) in zip(union, masks)]
+    return union or []
+
+
 def region_keep_plan(
     layouts: Sequence[SampleLayout],
     regions: Sequence[RegionLike],
@@ -334,6 +392,10 @@ def region_keep_plan(
     whole_is_identity: bool = True,
 ) -> KeepPlan:
     """Keep plan from one region per image (images in batch order, one per row in the usual case).
+
+    ``regions[i]`` may also be a list of regions (issue 21): image ``i`` keeps the union of their
+    tokens; with ``budget`` it is spread over them by area (module docstring). Rows of a ragged
+    batch may mix one region and several.
 
     ``image_sizes_wh`` (original width, height per image) is needed for LLaVA-1.5 with
     ``center_crop`` / ``pad_square``; LLaVA-NeXT reads the size from the layout. The plan records
@@ -354,8 +416,14 @@ def region_keep_plan(
             keep[pos_to_idx[int(p)]] = True
         for img in lay.image_indices:
             wh = image_sizes_wh[img] if image_sizes_wh is not None else None
-            box = to_box_norm(regions[img], grid)
-            for view, m in image_keep_masks(lay, img, box, wh, llava_geometry, budget, whole_is_identity):
+            several = region_list(regions[img])
+            if several is None:
+                masks = image_keep_masks(lay, img, to_box_norm(regions[img], grid), wh, llava_geometry, budget,
+                                         whole_is_identity)
+            else:
+                masks = multi_image_keep_masks(lay, img, [to_box_norm(r, grid) for r in several], wh,
+                                               llava_geometry, budget, whole_is_identity)
+            for view, m in masks:
                 padding = ~content_mask(view, wh, llava_geometry)  # (rows, cols)
                 for p in view.positions[m]:
                     keep[pos_to_idx[int(p)]] = True

@@ -49,7 +49,11 @@ def stage_rows(n_in: list[int], kept: list[int], layer: int, num_layers: int, **
 
 
 def region_plan(model: Any, inputs: dict, req: PruneRequest):
-    """The keep plan of ``req.regions`` (one per row) with ``req.budget`` (THE region mapping)."""
+    """The keep plan of ``req.regions`` (one per row) with ``req.budget`` (THE region mapping).
+
+    ``req.regions[b]`` is a ``Region`` or a list of them (issue 21): the row keeps the union of
+    their tokens, a budget spread over them by area (:func:`crop.pruning.region_map.region_keep_plan`).
+    """
     from crop.pruning import region_keep_plan, token_layout
 
     if req.regions is None:
