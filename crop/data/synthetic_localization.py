@@ -150,3 +150,82 @@ def write_shards(samples: list[dict], out_dir: str, name: str = "synthetic",
                 sink.write(member)
         paths.append(path)
     return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# Several regions per question (issue 21). New functions only: the single-object samples above are
+# unchanged. A multi sample shows 1..``max_objects`` shapes; the question names *every* shape, and
+# the target lists their block regions as the ``multi_box: regions`` policy makes them
+# (:func:`crop.geometry.multi_region.boxes_px_to_regions`): far-apart shapes get one region each,
+# touching ones share one.
+
+PAIR_TEMPLATES = (
+    "Where are the {a} and the {b}?",
+    "Is the {a} larger than the {b}?",
+    "Find the {a} and the {b} in the picture.",
+)
+
+
+def _draw_shapes(rng: random.Random, spec: SyntheticSpec, count: int):
+    """Background + ``count`` non-overlapping shapes (same look as :func:`make_sample`);
+    returns ``(image, [(colour, shape, box_xyxy_px), ...])``."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    s = spec.size
+    base = rng.randint(110, 170)
+    img = Image.new("RGB", (s, s), (base, base, base))
+    noise_seed = rng.getrandbits(32)
+    if spec.background == "noise":
+        noise = np.random.default_rng(noise_seed).normal(128, 12, (s, s, 1)).clip(0, 255)
+        img = Image.blend(img, Image.fromarray(np.repeat(noise, 3, axis=2).astype(np.uint8)), 0.15)
+    draw = ImageDraw.Draw(img)
+    placed: list[tuple[str, str, tuple[int, int, int, int]]] = []
+    for colour in rng.sample(sorted(COLOURS), count):
+        for _ in range(100):
+            w, h = rng.randint(spec.min_side, spec.max_side), rng.randint(spec.min_side, spec.max_side)
+            x1, y1 = rng.randint(0, s - w), rng.randint(0, s - h)
+            box = (x1, y1, x1 + w, y1 + h)
+            if all(not _overlaps(box, other) for _, _, other in placed):
+                break
+        shape = rng.choice(SHAPES)
+        _draw(draw, shape, box, COLOURS[colour])
+        placed.append((colour, shape, box))
+    return img, placed
+
+
+def make_multi_sample(rng: random.Random, index: int, spec: SyntheticSpec = SyntheticSpec(), split: str = "train",
+                      max_objects: int = 2, max_regions: int = 4) -> dict:
+    """One multi-region sample: 1..``max_objects`` shapes (drawn from ``rng``), a question naming
+    all of them (one shape: the single-object templates), ``regions_blocks`` = their regions."""
+    from crop.geometry import union_box
+    from crop.geometry.multi_region import bounding_region, boxes_px_to_regions
+
+    if not 1 <= max_objects <= 2:
+        raise ValueError(f"max_objects must be 1 or 2 (questions name one or two shapes), got {max_objects}")
+    s = spec.size
+    img, placed = _draw_shapes(rng, spec, rng.randint(1, max_objects))
+    names = [f"{colour} {shape}" for colour, shape, _ in placed]
+    if len(placed) == 1:
+        colour, shape, _ = placed[0]
+        question = rng.choice(TEMPLATES).format(colour=colour, shape=shape)
+    else:
+        question = rng.choice(PAIR_TEMPLATES).format(a=names[0], b=names[1])
+    boxes = [box for _, _, box in placed]
+    regions = boxes_px_to_regions(boxes, s, s, max_regions, spec.grid)
+    record = region_record(
+        source="synthetic", source_id=f"multi-{split}-{index}", source_file=f"synthetic-multi-{split}",
+        image=f"synthetic/multi-{split}/{index}.png", image_width=s, image_height=s, question=question,
+        answer=" and ".join(names), boxes_xyxy_px=boxes, union_box_xyxy_px=union_box(boxes),
+        region_blocks=list(bounding_region(regions)), regions_blocks=[list(r) for r in regions],
+        grid_size=spec.grid,
+    )
+    return {"__key__": record["key"], "json": record, "image": img}
+
+
+def multi_synthetic_samples(n: int, seed: int = 0, spec: SyntheticSpec = SyntheticSpec(), split: str = "train",
+                            max_objects: int = 2, max_regions: int = 4) -> list[dict]:
+    """``n`` :func:`make_multi_sample` samples, seeded like :func:`synthetic_samples` (own key space:
+    ``multi-<split>-<i>``)."""
+    rng = random.Random(f"multi:{split}:{seed}")
+    return [make_multi_sample(rng, i, spec, split, max_objects, max_regions) for i in range(n)]

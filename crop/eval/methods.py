@@ -48,8 +48,30 @@ def parse_region_value(value: Any, where: str) -> Any:
     raise ValueError(f"{where}: region must be 4 blocks, a mapping or a string, got {value!r}")
 
 
+def parse_regions_value(value: Any, where: str) -> Any:
+    """Several regions from a regions-file ``regions_blocks`` value (issue 21): a list of region
+    values, or ``"x0 y0 x1 y1; x0 y0 x1 y1."``. One region comes back as that ``Region`` (so a
+    one-region row prunes and reports exactly like ``region_blocks``), several as a list."""
+    from crop.formatting import parse_regions_lenient
+
+    if isinstance(value, str):
+        regions = parse_regions_lenient(value)
+        if not regions:
+            raise ValueError(f"{where}: cannot parse regions {value!r}")
+    elif isinstance(value, (list, tuple)) and value:
+        regions = [parse_region_value(v, where) for v in value]
+    else:
+        raise ValueError(f"{where}: regions_blocks must be a non-empty list or a string, got {value!r}")
+    return regions[0] if len(regions) == 1 else regions
+
+
 class RegionSource:
-    """Regions per question: a JSONL file (key -> region) or a localizer run on the fly."""
+    """Regions per question: a JSONL file (key -> region) or a localizer run on the fly.
+
+    A row's ``regions_blocks`` (several regions, ``crop predict-regions`` of a multi-region
+    localizer) takes precedence over its ``region_blocks``; a localizer with ``max_regions`` > 1
+    gives several regions too. Several regions reach the methods as a list of ``Region``.
+    """
 
     def __init__(self, method: MethodConfig):
         self.table: dict[tuple[str | None, str], Any] = {}   # (row's benchmark or None, key) -> region
@@ -57,6 +79,10 @@ class RegionSource:
         if method.regions:
             rows = read_jsonl(method.regions)
             for i, (row, key) in enumerate(zip(rows, row_keys(rows, str(method.regions)))):  # crop.eval.keys
+                if row.get("regions_blocks") is not None:
+                    self.table[(row.get("benchmark"), key)] = parse_regions_value(row["regions_blocks"],
+                                                                                 f"{method.regions}:{i + 1}")
+                    continue
                 value = row.get("region_blocks", row.get("region"))
                 if value is None:
                     raise ValueError(f"{method.regions}:{i + 1}: row needs key and region_blocks (or region)")
@@ -68,7 +94,8 @@ class RegionSource:
 
     def region(self, item: Any, image: Any, benchmark: str | None = None) -> Any:
         if self.localizer is not None:
-            return self.localizer.predict([image], [item.question])[0]
+            found = self.localizer.predict([image], [item.question])[0]  # a Region, or a list (max_regions > 1)
+            return found[0] if isinstance(found, list) and len(found) == 1 else found
         for scoped in ((benchmark, item.key), (None, item.key)):  # rows naming the benchmark first
             if scoped in self.table:
                 return self.table[scoped]

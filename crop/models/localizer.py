@@ -11,6 +11,14 @@ parses it. Parsing order, recorded per prediction in ``Prediction.status``:
 ``Localizer.counts`` adds up the statuses over the object's lifetime; the raw decoded text is kept
 in every :class:`Prediction`.
 
+Several regions (issue 21): with ``max_regions = N > 1`` the answer is read with the multi-region
+template (``"x0 y0 x1 y1; x0 y0 x1 y1."``, :func:`crop.formatting.parse_regions_strict`, else
+:func:`~crop.formatting.parse_regions_lenient`), and the parsed rectangles are put in the data's
+form by :func:`crop.geometry.multi_region.merge_regions` (touching ones merged, at most N, reading
+order). ``Prediction.regions`` holds them, ``Prediction.region`` their bounding rectangle. A
+localizer trained by ``crop train-localizer`` with ``max_regions: N`` predicts with that N by
+default (read from the folder's ``train_config.yaml``). ``max_new_tokens`` is per region.
+
 :func:`build_tiny_localizer` assembles a randomly initialised, tiny Qwen2-VL with a locally trained
 byte-level BPE tokenizer that carries Qwen2-VL's special tokens and a Qwen-style chat template:
 no download, used by the tests and the learning benchmark.
@@ -21,8 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from crop.formatting import REGION_PROMPT_SUFFIX, RegionParseError, parse_region_lenient, parse_region_strict
+from crop.formatting import (
+    REGION_PROMPT_SUFFIX,
+    RegionParseError,
+    parse_region_lenient,
+    parse_region_strict,
+    parse_regions_lenient,
+    parse_regions_strict,
+)
 from crop.geometry import Region, full_region
+from crop.geometry.multi_region import bounding_region, merge_regions
 from crop.models.localizer_data import IM_END, QwenChatEncoder, region_messages
 
 if TYPE_CHECKING:
@@ -50,13 +66,16 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class Prediction:
-    region: Region
+    region: Region  # with several regions: their bounding rectangle
     raw: str
     status: str  # "strict" | "lenient" | "fallback"
+    regions: list[Region] | None = None  # the regions in reading order (None: one region, ``region``)
 
 
-def parse_with_fallback(text: str, grid: int = 8) -> Prediction:
+def parse_with_fallback(text: str, grid: int = 8, max_regions: int = 1) -> Prediction:
     """Strict parse, else lenient, else the whole image (see module docstring)."""
+    if max_regions > 1:
+        return _parse_many(text, grid, max_regions)
     try:
         return Prediction(parse_region_strict(text, grid), text, "strict")
     except RegionParseError:
@@ -67,6 +86,31 @@ def parse_with_fallback(text: str, grid: int = 8) -> Prediction:
     return Prediction(full_region(grid), text, "fallback")
 
 
+def _parse_many(text: str, grid: int, max_regions: int) -> Prediction:
+    try:
+        found, status = parse_regions_strict(text, grid), "strict"
+    except RegionParseError:
+        found, status = parse_regions_lenient(text, grid), "lenient"
+    if not found:
+        return Prediction(full_region(grid), text, "fallback", [full_region(grid)])
+    regions = merge_regions(found, max_regions, grid)
+    return Prediction(bounding_region(regions), text, status, regions)
+
+
+def trained_max_regions(path: str) -> int:
+    """``max_regions`` of a ``crop train-localizer`` folder (its ``train_config.yaml``); 1 otherwise."""
+    import os
+
+    cfg = os.path.join(path, "train_config.yaml")
+    if not os.path.isfile(cfg):
+        return 1
+    import yaml
+
+    with open(cfg, encoding="utf-8") as f:
+        value = (yaml.safe_load(f) or {}).get("max_regions", 1)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
 @dataclass
 class Localizer:
     """A Qwen2-VL model + chat encoder that predicts block regions."""
@@ -74,8 +118,9 @@ class Localizer:
     model: Any  # Qwen2VLForConditionalGeneration
     encoder: QwenChatEncoder
     grid: int = 8
-    max_new_tokens: int = 12
+    max_new_tokens: int = 12  # per region
     batch_size: int = 8
+    max_regions: int = 1  # > 1: read the multi-region template (issue 21)
     counts: dict[str, int] = field(default_factory=lambda: {"strict": 0, "lenient": 0, "fallback": 0})
 
     @classmethod
@@ -87,6 +132,8 @@ class Localizer:
         E.g. ``Localizer.from_pretrained("Qwen/Qwen2-VL-2B-Instruct")`` or a ``crop
         train-localizer`` output folder. ``min_pixels``/``max_pixels`` override the image budget.
         """
+        import os
+
         import torch
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
@@ -98,6 +145,8 @@ class Localizer:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        if kwargs.get("max_regions") is None:  # the N it was trained with (train_config.yaml), else 1
+            kwargs["max_regions"] = trained_max_regions(path) if os.path.isdir(path) else 1
         return cls(model, QwenChatEncoder(tokenizer, image_processor), **kwargs)
 
     def save_pretrained(self, path: str) -> None:
@@ -106,7 +155,8 @@ class Localizer:
         self.encoder.tokenizer.save_pretrained(path)
         self.encoder.image_processor.save_pretrained(path)
 
-    def _generate(self, images: Sequence["Image.Image"], questions: Sequence[str]) -> list[str]:
+    def _generate(self, images: Sequence["Image.Image"], questions: Sequence[str],
+                  max_regions: int = 1) -> list[str]:
         import torch
 
         chats = [region_messages(q, None, self.grid) for q in questions]
@@ -116,29 +166,39 @@ class Localizer:
         tok = self.encoder.tokenizer
         with torch.inference_mode():
             out = self.model.generate(  # (B, L + new)
-                **enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                **enc, max_new_tokens=self.max_new_tokens * max_regions, do_sample=False, num_beams=1,
                 eos_token_id=tok.convert_tokens_to_ids(IM_END), pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]  # (B, new)
         return tok.batch_decode(new, skip_special_tokens=True)
 
     def predict_detailed(self, images: Sequence["Image.Image"], questions: Sequence[str],
-                         batch_size: int | None = None) -> list[Prediction]:
-        """Regions with their raw text and parse status, in input order."""
+                         batch_size: int | None = None, max_regions: int | None = None) -> list[Prediction]:
+        """Regions with their raw text and parse status, in input order (``max_regions``: default
+        the localizer's own)."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        n = self.max_regions if max_regions is None else max_regions
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"max_regions must be an integer >= 1, got {n!r}")
         bs = batch_size or self.batch_size
         preds: list[Prediction] = []
         for start in range(0, len(images), bs):
-            texts = self._generate(images[start:start + bs], questions[start:start + bs])
+            texts = self._generate(images[start:start + bs], questions[start:start + bs], n)
             for text in texts:
-                p = parse_with_fallback(text, self.grid)
+                p = parse_with_fallback(text, self.grid, n)
                 self.counts[p.status] += 1
                 preds.append(p)
         return preds
 
     def predict(self, images: Sequence["Image.Image"], questions: Sequence[str],
-                batch_size: int | None = None) -> list[Region]:
-        return [p.region for p in self.predict_detailed(images, questions, batch_size)]
+                batch_size: int | None = None, max_regions: int | None = None) -> list:
+        """One ``Region`` per question; with ``max_regions`` > 1 (argument or the localizer's own)
+        one list of Regions per question (reading order, at most N)."""
+        if max_regions is None:  # the localizer's own N
+            preds, n = self.predict_detailed(images, questions, batch_size), self.max_regions
+        else:
+            preds, n = self.predict_detailed(images, questions, batch_size, max_regions=max_regions), max_regions
+        return [p.regions for p in preds] if n > 1 else [p.region for p in preds]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 Input: shard tars / dataset folders (samples with an image and a question), a JSONL file of
 ``{"image": path, "question": str, ...}`` rows, or one of LLaVA-1.5's question files as published
 (:func:`question_rows`). Output: JSONL, one row per input in order:
-``{"key", "question", "region_blocks", "raw", "status"}`` (status = strict | lenient | fallback);
+``{"key", "question", "region_blocks", "raw", "status"}`` (status = strict | lenient | fallback),
+plus ``regions_blocks`` (the regions in reading order; ``region_blocks`` is then their bounding
+rectangle) when the localizer predicts several (``--max-regions``, or a localizer trained with
+``max_regions`` > 1);
 ``key`` follows :mod:`crop.eval.keys`, so the file is a ``method.regions`` file for ``crop eval``;
 rows also name their ``benchmark`` (``--benchmark``, or LLaVA's file name), so the outputs for
 several question files can be concatenated into one regions file without key collisions.
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per localizer call (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=12,
                         help="generation length; 'x0 y0 x1 y1.' needs ~9 tokens (default 12)")
+    parser.add_argument("--max-regions", type=int, default=0,
+                        help="regions per question (issue 21; default 0: what the localizer was trained with, "
+                             "1 for other checkpoints); --max-new-tokens is then per region")
     parser.add_argument("--limit", type=int, default=0, help="stop after this many samples (0 = all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
@@ -127,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         total = args.limit if total is None else min(total, args.limit)
     print(f"predict-regions: {'?' if total is None else total} questions from {' '.join(args.input)} -> {args.output}",
           file=sys.stderr)
-    loc = Localizer.from_pretrained(args.model, device=args.device, max_new_tokens=args.max_new_tokens)
+    loc = Localizer.from_pretrained(args.model, device=args.device, max_new_tokens=args.max_new_tokens,
+                                    max_regions=getattr(args, "max_regions", 0) or None)
     samples = iter_inputs(args.input, args.image_root)
     if args.limit:
         samples = islice(samples, args.limit)
@@ -140,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
         for batch in batched(samples, args.batch_size):
             preds = loc.predict_detailed([b["image"] for b in batch], [b["question"] for b in batch])
             for b, p in zip(batch, preds):
+                several = {"regions_blocks": [list(r) for r in p.regions]} if loc.max_regions > 1 and p.regions else {}
                 out.write(json.dumps({**scope, "key": b["key"], "question": b["question"],
-                                      "region_blocks": list(p.region), "raw": p.raw,
+                                      "region_blocks": list(p.region), **several, "raw": p.raw,
                                       "status": p.status}) + "\n")
                 n += 1
             bar.update(len(batch))

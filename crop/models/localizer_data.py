@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from crop.formatting import IMAGE_TOKEN, format_region, render_region_prompt
+from crop.formatting import IMAGE_TOKEN, format_region, format_regions, render_region_prompt
 
 IGNORE_INDEX = -100
 IMAGE_PAD = "<|image_pad|>"
@@ -35,14 +35,31 @@ class LocalizerSampleError(ValueError):
 
 def region_messages(question: str, region: Sequence[int] | None, grid: int = 8,
                     with_image: bool = True) -> list[dict]:
-    """Paper App. A as Qwen2-VL chat; ``region=None`` gives the prompt only (inference)."""
+    """Paper App. A as Qwen2-VL chat; ``region=None`` gives the prompt only (inference).
+
+    ``region`` may also be a list of regions (issue 21): the target is the multi-region template
+    ``"x0 y0 x1 y1; x0 y0 x1 y1."`` (a one-element list gives the single-region target)."""
     user: list[dict] = [{"type": "image"}] if with_image else []
     user.append({"type": "text", "text": render_region_prompt(question, with_image_token=False)})
     messages = [{"role": "user", "content": user}]
     if region is not None:
-        messages.append({"role": "assistant",
-                         "content": [{"type": "text", "text": format_region(region, grid)}]})
+        several = len(region) > 0 and not isinstance(region[0], (int, float))
+        target = format_regions(region, grid) if several else format_region(region, grid)
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
     return messages
+
+
+def target_regions(record: Mapping[str, Any], max_regions: int) -> Any:
+    """The regions a record teaches with ``max_regions``: its ``region_blocks`` for 1 (the paper),
+    else its regions (``crop.contract.regions_of``: ``regions_blocks``, or the one region of a
+    version-1 record) merged down to at most ``max_regions`` (:func:`crop.geometry.multi_region.merge_regions`)."""
+    if max_regions <= 1:
+        return record["region_blocks"]
+    from crop.contract import regions_of
+    from crop.geometry.multi_region import merge_regions
+
+    grid = record.get("grid_size") or 8
+    return [list(r) for r in merge_regions(regions_of(record), max_regions, grid)]
 
 
 def _split_image_token(text: str) -> list[dict]:
@@ -89,15 +106,16 @@ def instruction_messages(conversations: Sequence[Mapping[str, str]], has_image: 
     return messages
 
 
-def record_to_messages(record: Mapping[str, Any], has_image: bool) -> list[dict]:
-    """Contract record -> chat messages (region template or LLaVA conversation)."""
+def record_to_messages(record: Mapping[str, Any], has_image: bool, max_regions: int = 1) -> list[dict]:
+    """Contract record -> chat messages (region template or LLaVA conversation; with
+    ``max_regions`` > 1 the multi-region target of :func:`target_regions`)."""
     kind, key = record.get("kind"), record.get("key", "?")
     if kind == "region":
         if not has_image:
             raise LocalizerSampleError(f"record {key}: region sample without image")
         if record.get("question") is None or record.get("region_blocks") is None:
             raise LocalizerSampleError(f"record {key}: region sample lacks question or region_blocks")
-        return region_messages(record["question"], record["region_blocks"], record.get("grid_size") or 8)
+        return region_messages(record["question"], target_regions(record, max_regions), record.get("grid_size") or 8)
     if kind == "instruction":
         return instruction_messages(record["conversations"], has_image, key)
     raise LocalizerSampleError(f"record {key}: unknown kind {kind!r}")
@@ -214,12 +232,13 @@ class LocalizerCollator:
     """Training collate: samples ``{"json": record, "image": PIL | None}`` -> a padded batch."""
 
     encoder: QwenChatEncoder
+    max_regions: int = 1  # targets with up to this many regions (train config ``max_regions``)
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict:
         chats, images = [], []
         for s in samples:
             image = s.get("image")
-            chats.append(record_to_messages(s["json"], has_image=image is not None))
+            chats.append(record_to_messages(s["json"], has_image=image is not None, max_regions=self.max_regions))
             images.append(image)
         return self.encoder.encode(chats, images, generation=False, padding_side="right")
 

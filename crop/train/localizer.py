@@ -130,6 +130,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
 
     loc = build_localizer(cfg)
     loc.encoder.max_length = cfg.max_length
+    loc.max_regions = cfg.max_regions  # multi-region targets (issue 21); predictions read them the same way
     model = loc.model
     if cfg.freeze_vision:
         freeze_vision(model, cfg.train_merger)
@@ -174,7 +175,7 @@ def train(cfg: LocalizerTrainConfig, log: Callable[[str], None] = print,
         acc.init_trackers("crop-localizer", config=accel.tracker_config(asdict(cfg)))
     from crop.train import prefetch
 
-    collate = LocalizerCollator(loc.encoder)
+    collate = LocalizerCollator(loc.encoder, max_regions=cfg.max_regions)
     shard_stream = getattr(reader, "stream", None)
     if shard_stream is not None:  # shards: read, decoded and encoded in DataLoader workers (crop.train.prefetch)
         if resume:

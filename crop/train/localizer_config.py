@@ -39,6 +39,7 @@ class LocalizerTrainConfig:
     min_pixels: int = 0  # 0: the processor's own budget
     max_pixels: int = 0
     max_length: int = 2048
+    max_regions: int = 1  # > 1: targets list up to this many regions, "x0 y0 x1 y1; ..." (issue 21)
     shuffle_buffer: int = 1000  # block size of the shard stream's shuffle (samples)
     max_failure_fraction: float = 0.001  # stop (after a checkpoint) when more samples fail to load
     num_workers: int = 0  # DataLoader workers reading, decoding and encoding shard samples (crop.train.prefetch)
@@ -61,7 +62,7 @@ class LocalizerTrainConfig:
                 raise ValueError(f"config field {name!r}: {getattr(self, name)!r} not in {allowed}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"config field 'keep_checkpoints' must be >= 0, got {self.keep_checkpoints}")
-        for name in ("batch_size", "grad_accum", "log_every"):
+        for name in ("batch_size", "grad_accum", "log_every", "max_regions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.epochs <= 0:
