@@ -13,6 +13,9 @@ Layout of the returned picture (``width`` px wide)::
     | Q: ...  A: ...  Target:  |     first instruction turns)
     +--------------------------+
 
+A record with several regions (``regions_blocks``, issue 21) has every region left as it is and
+outlined; only what lies outside all of them is dimmed.
+
 The region's own pixels are left exactly as they are (a tint over them would change object
 colours: a blue object under a yellow wash reads grey); everything *outside* the region is dimmed
 by scaling RGB by ``OUTSIDE_KEEP`` (same hue, darker), and the region is outlined.
@@ -104,21 +107,24 @@ def render_sample(image: Image.Image | None, record: Mapping, *, width: int = 51
         ImageDraw.Draw(panel).text((PAD, disp_h // 2 - font_size), "text-only sample (no image)",
                                    fill=CAPTION_FG, font=font)
     region = record.get("region_blocks")
-    if image is not None and region:
-        # dim outside the region; paste the untouched region back on top
-        x0, y0, x1, y1 = region_rect(region, width, disp_h, grid)
-        inside = panel.crop((x0, y0, x1, y1))
+    regions = record.get("regions_blocks") or ([region] if region else [])  # version-1 records: one
+    if image is not None and regions:
+        # dim outside the regions; paste the untouched regions back on top
+        rects = [region_rect(r, width, disp_h, grid) for r in regions]
+        insides = [panel.crop(rect) for rect in rects]
         panel = panel.point(lambda v: round(v * OUTSIDE_KEEP))
-        panel.paste(inside, (x0, y0))
+        for (x0, y0, _, _), inside in zip(rects, insides):
+            panel.paste(inside, (x0, y0))
     draw = ImageDraw.Draw(panel)
     if image is not None and (region or record.get("kind") == "region"):
         for x in grid_edges(width, grid)[1:-1]:
             draw.line((x, 0, x, disp_h - 1), fill=GRID_RGB, width=1)
         for y in grid_edges(disp_h, grid)[1:-1]:
             draw.line((0, y, width - 1, y), fill=GRID_RGB, width=1)
-    if image is not None and region:
-        x0, y0, x1, y1 = region_rect(region, width, disp_h, grid)
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=REGION_OUTLINE_RGB, width=2)
+    if image is not None:
+        for r in regions:
+            x0, y0, x1, y1 = region_rect(r, width, disp_h, grid)
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=REGION_OUTLINE_RGB, width=2)
     if image is not None:
         for box in record.get("boxes_xyxy_px") or []:
             bx0, by0, bx1, by1 = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
