@@ -12,7 +12,7 @@ Graph (each step a thin shell over a pure function in ``pipelines.*``)::
     shard stats + rejects + counts + input checksums --> WriteOutputs (manifest, stats, rejects,
         reconciliation, dataset card)
 
-Only small Items (source, hash, where the record lives: ~37 bytes) cross stages and
+Only small packed Items (source, hash, where the record lives: ~32 bytes) cross stages and
 shuffles, so memory does not grow with the records' size; record and image bytes are read by
 the writer of their shard (``pipelines.chunks``).
 Mixing: within each source, selected samples are ranked by a seeded hash and dealt round-robin
@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import posixpath
+import struct
 import time
 from typing import Iterator, NamedTuple
 
@@ -161,17 +162,31 @@ class ReadChunkFn(beam.DoFn):
 
 
 class Item(NamedTuple):
-    """What the shuffles carry for one valid record (~37 bytes encoded, emitted as a plain
-    tuple): the selection needs ``source`` and ``sort_hash``; ``spec_index``/``line``/``start``/
-    ``end`` let the shard writer read the record again (``chunks.read_record``) and parse it
-    again for everything else (its key included) instead of every parsed record being held
-    between stages."""
+    """What the shuffles carry for one valid record, packed into ~32 bytes (:meth:`pack`): the
+    selection needs ``source`` and ``sort_hash``; ``spec_index``/``line``/``start``/``end`` let
+    the shard writer read the record again (``chunks.read_record``) and parse it again for
+    everything else (its key included) instead of every parsed record being held between stages.
+
+    Bytes, not a tuple: a runner may hold a shuffle's values decoded (Beam's in-memory
+    FnApiRunner keeps every GroupByKey value as a Python object until the group is read), and a
+    6-tuple of ints and a str costs ~270 bytes there, one ``bytes`` ~70."""
     source: str
     sort_hash: int
     spec_index: int
     line: int
     start: int
     end: int
+
+    _FIXED = struct.Struct(">qHIQI")  # hash, input, line, start, length; then the source's UTF-8
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.sort_hash, self.spec_index, self.line, self.start,
+                                self.end - self.start) + self.source.encode("utf-8")
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Item":
+        sort_hash, spec_index, line, start, length = cls._FIXED.unpack_from(data)
+        return cls(data[cls._FIXED.size:].decode("utf-8"), sort_hash, spec_index, line, start, start + length)
 
 
 def parse_record(recipe: Recipe, source: str, file: str, line: int, payload) -> dict:
@@ -213,7 +228,7 @@ class ParseFn(beam.DoFn):
         else:
             if len(el) > 4:
                 ref = el[4]
-                yield tuple(Item(cand["source"], cand["sort_hash"], ref[0], ref[1], ref[2], ref[3]))
+                yield Item(cand["source"], cand["sort_hash"], ref[0], ref[1], ref[2], ref[3]).pack()
             else:
                 yield cand
             return
@@ -309,12 +324,12 @@ class AssignShardFn(beam.DoFn):
         return n_shards, offsets
 
     def process(self, item, selection):
-        """``item``: an :class:`Item` tuple; yields ``(shard index, item)`` when selected."""
+        """``item``: a packed :class:`Item`; yields ``(shard index, item)`` when selected."""
         if self._plan is None or self._plan[0] is not selection:
             self._plan = (selection, self._make_plan(selection))
             beam.metrics.Metrics.gauge(METRICS, "shards_planned").set(self._plan[1][0])
         n_shards, offsets = self._plan[1]
-        it = Item._make(item)
+        it = Item.unpack(item)
         hashes = selection.get(it.source, {}).get("selected_hashes", ())
         rank = bisect.bisect_left(hashes, it.sort_hash)
         if rank < len(hashes) and hashes[rank] == it.sort_hash:  # else above the cap
@@ -470,7 +485,7 @@ class WriteShardFn(beam.DoFn):
         """The candidate of an :class:`Item`: its record read again and parsed again."""
         if isinstance(v, dict):
             return v
-        it = Item._make(v)
+        it = Item.unpack(v)
         fmt, _, path = self.specs[it.spec_index]
         payload = chunks.read_record(fmt, path, chunks.RecordRef(it.spec_index, it.line, it.start, it.end))
         try:
@@ -491,7 +506,7 @@ class WriteShardFn(beam.DoFn):
     def _write(self, shard: str, cands) -> tuple[io_.PendingShard, dict]:
         """Tar the shard to a temporary file; returns it (not yet committed) and its stats.
 
-        ``cands``: :class:`Item` tuples (the build: each record is read and parsed again here,
+        ``cands``: packed :class:`Item` s (the build: each record is read and parsed again here,
         so no stage holds parsed records; a shard's candidates are held while it is written) or
         candidate dicts (unit use)."""
         r = self.recipe
@@ -621,7 +636,7 @@ def build(p: beam.Pipeline, recipe: Recipe, out_dir: str, fail_on_internal_error
     # so its cap shortfall is reported (and strict_caps fires): a None hash per source seeds it.
     wanted = sorted(recipe.sources) + (["llava"] if any(spec[1] == "llava" for spec in specs) else [])
     seeds = p | "RecipeSources" >> beam.Create([(source, None) for source in wanted])
-    selection = ((parsed.ok | "HashBySource" >> beam.Map(lambda it: (it[0], it[1])), seeds)
+    selection = ((parsed.ok | "HashBySource" >> beam.Map(lambda item: Item.unpack(item)[:2]), seeds)
                  | "WithRecipeSources" >> beam.Flatten()
                  | "CollectHashes" >> beam.CombinePerKey(CollectHashesFn())
                  | "Select" >> beam.Map(select, recipe))

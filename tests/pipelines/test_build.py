@@ -278,7 +278,7 @@ def test_lost_elements_fail_reconciliation(tmp_path, monkeypatch):
     original = build.AssignShardFn.process
 
     def lossy_process(self, item, selection):
-        if build.Item._make(item).source == "gqa" and build.Item._make(item).line == 3:
+        if build.Item.unpack(item).source == "gqa" and build.Item.unpack(item).line == 3:
             return iter(())  # the element vanishes without a reject
         return original(self, item, selection)
 

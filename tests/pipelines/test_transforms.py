@@ -85,15 +85,15 @@ def test_select_counts_duplicates_once_for_the_cap():
 def test_select_then_assign_caps_by_hash_and_deals_round_robin():
     cands = [parse_llava_item({"id": i, "conversations": TEXT_CONV}, "l.json", i, seed=0) for i in range(5)]
     expected = sorted(cands, key=lambda c: c["sort_hash"])[:3]  # bottom-3 by hash (cap 3)
-    items = [tuple(build.Item(c["source"], c["sort_hash"], 0, c["line"], 0, 1)) for c in cands]
+    items = [build.Item(c["source"], c["sort_hash"], 0, c["line"], 0, 1).pack() for c in cands]
     key_of = {c["sort_hash"]: c["key"] for c in cands}
     with BeamTestPipeline() as p:
         cs = p | beam.Create(items)
-        selection = (cs | beam.Map(lambda it: (it[0], it[1]))
+        selection = (cs | beam.Map(lambda it: build.Item.unpack(it)[:2])
                      | beam.CombinePerKey(beam.combiners.ToListCombineFn()) | beam.Map(build.select, RECIPE))
         assigned = cs | beam.ParDo(build.AssignShardFn(2), beam.pvalue.AsDict(selection))
         # 3 selected, 2 per shard -> 2 shards; ranks 0,1,2 -> shards 0,1,0
-        assert_that(assigned | beam.Map(lambda kv: (kv[0], key_of[build.Item._make(kv[1]).sort_hash])),
+        assert_that(assigned | beam.Map(lambda kv: (kv[0], key_of[build.Item.unpack(kv[1]).sort_hash])),
                     equal_to([(i % 2, c["key"]) for i, c in enumerate(expected)]))
 
 
