@@ -177,3 +177,17 @@ def test_builtin_entries_accept_a_list_of_regions_per_row(method):
             model.generate(**run.inputs, max_new_tokens=2, do_sample=False)
     rows = run.rows()
     assert [r["visual_tokens_kept"] for r in rows] == [4, 4] and rows[1]["visual_tokens_in"] == 16
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl"])
+def test_union_of_single_region_plans_in_every_family(family):
+    """Exact mode: the kept positions of [A, B] are those A keeps plus those B keeps (LLaVA-NeXT:
+    base view + high-res view with newlines; Qwen2-VL: merged grid)."""
+    model = build_model(family)
+    x = build_inputs(family, batch=1)
+    lay = token_layout(model, x)
+    geo = dict(image_sizes_wh=[(16, 12)], llava_geometry="resize")
+    kept = lambda plan: set(range(lay[0].seq_len)) - set(plan.drop[0].tolist())  # noqa: E731
+    both = kept(region_keep_plan(lay, [[A, B]], **geo))
+    assert both == kept(region_keep_plan(lay, [A], **geo)) | kept(region_keep_plan(lay, [B], **geo))
+    assert kept(region_keep_plan(lay, [A], **geo)) < both
