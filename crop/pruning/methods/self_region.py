@@ -27,13 +27,15 @@ row per layer-S head (plus the block mapping and 1,296 rectangle sums), and prun
 starts at K. Default S = K - 1, FastV's layer: the cheapest choice that needs no extra layer.
 Which S localizes best is a question for real weights (ViCrop reads middle layers; with the
 paper's K = 2 only S in {0, 1} are possible); tiny random models can only show that the plumbing
-is exact. The relative-attention variant (dividing by the attention under a generic prompt, an
-extra cached pass) is not implemented yet.
+is exact. Option ``relative`` divides by the attention under a generic instruction about the same
+image (ViCrop's rel-att; one extra pass per image stopped at S, cached:
+:mod:`crop.pruning.methods.self_relative`).
 
 Options (``PruneRequest.options``): ``self_layer`` (int, default K - 1), ``query_rows`` (int,
 default 1), ``heads`` ("mean" or a list of head indices, averaged), ``mode`` ("mass" | "budget"),
 ``mass`` (share in (0, 1], default 0.5), ``freeze`` (bool: keep the first prefill's regions for
-later prefills, for an uncached ``generate``).
+later prefills, for an uncached ``generate``), ``relative`` (False; True = ViCrop's generic
+instruction, or the instruction text; needs ``request.processor``, the model's frontend).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from crop.pruning.region_map import (
 from crop.pruning.registry import PruneRequest
 
 GRID = 8
-OPTIONS = ("self_layer", "query_rows", "heads", "mode", "mass", "freeze")
+OPTIONS = ("self_layer", "query_rows", "heads", "mode", "mass", "freeze", "relative")
 
 
 # ----------------------------------------------------------------------------- attention rows
@@ -246,7 +248,8 @@ class SelfRegionHandle(PruneHandle):
 
     def __init__(self, model, layouts: Sequence[SampleLayout], *, layer: int = 2, self_layer: int | None = None,
                  image_sizes_wh=None, llava_geometry: str = "center_crop", mode: str = "mass", mass: float = 0.5,
-                 budget: int | None = None, query_rows: int = 1, heads: Any = "mean", freeze: bool = False):
+                 budget: int | None = None, query_rows: int = 1, heads: Any = "mean", freeze: bool = False,
+                 baseline: Sequence[np.ndarray] | None = None):
         check_supported(model, layer)
         s = layer - 1 if self_layer is None else self_layer
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < layer:
@@ -264,6 +267,8 @@ class SelfRegionHandle(PruneHandle):
         self.self_layer, self.mode, self.mass, self.budget = s, mode, float(mass), budget
         self.query_rows, self.heads, self.freeze = query_rows, heads, bool(freeze)
         self.image_sizes_wh, self.llava_geometry = image_sizes_wh, llava_geometry
+        self.baseline = None if baseline is None else [np.asarray(v, dtype=np.float64) for v in baseline]
+        self.visual_scores: list[np.ndarray] | None = None  # per row, what the block mapping received
         self._ref = guards.ref_of_layouts(self.layouts)
         super().__init__(model, None, layer)
         self.attention: torch.Tensor | None = None
@@ -308,6 +313,9 @@ class SelfRegionHandle(PruneHandle):
         row = reduce_heads(att, self.heads).cpu().numpy()  # (B, N)
         rep = row.shape[0] // len(self.layouts)
         vis = [row[b * rep][lay.visual_positions] for b, lay in enumerate(self.layouts)]  # (V_b,) each
+        if self.baseline is not None:  # ViCrop's relative attention (crop.pruning.methods.self_relative)
+            vis = [v / np.maximum(g, 1e-8) for v, g in zip(vis, self.baseline)]
+        self.visual_scores = vis
         self.choices = choose_regions(self.layouts, vis, image_sizes_wh=self.image_sizes_wh,
                                       llava_geometry=self.llava_geometry, mode=self.mode, mass=self.mass,
                                       budget=self.budget)
@@ -361,11 +369,24 @@ def attach(model: Any, inputs: dict, req: PruneRequest) -> Iterator[Any]:
     mode = opts.get("mode", "budget" if req.budget is not None else "mass")
     layouts = token_layout(model, inputs)
     layers = num_decoder_layers(model)
+    self_layer = opts.get("self_layer")
+    query_rows, heads = opts.get("query_rows", 1), opts.get("heads", "mean")
+    baseline = None
+    relative = opts.get("relative", False)
+    if relative:
+        from crop.pruning.methods.self_relative import GENERIC_PROMPT, generic_visual_attention
+
+        text = relative if isinstance(relative, str) else GENERIC_PROMPT
+        s = req.layer - 1 if self_layer is None else self_layer
+        check_supported(model, req.layer)
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < req.layer:
+            raise ValueError(f"self_layer S={s!r} must be an int with 0 <= S < K={req.layer}")
+        baseline = generic_visual_attention(model, inputs, layouts, req.processor, text, self_layer=s,
+                                            query_rows=query_rows, heads=heads)
     handle = attach_self_region(
-        model, layouts, layer=req.layer, self_layer=opts.get("self_layer"), image_sizes_wh=req.image_sizes_wh,
+        model, layouts, layer=req.layer, self_layer=self_layer, image_sizes_wh=req.image_sizes_wh,
         llava_geometry=req.llava_geometry or "center_crop", mode=mode, mass=opts.get("mass", 0.5),
-        budget=req.budget, query_rows=opts.get("query_rows", 1), heads=opts.get("heads", "mean"),
-        freeze=opts.get("freeze", False))
+        budget=req.budget, query_rows=query_rows, heads=heads, freeze=opts.get("freeze", False), baseline=baseline)
     with handle:
         def rows() -> list[dict]:
             if handle.plan is None:
