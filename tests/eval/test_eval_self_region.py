@@ -35,7 +35,8 @@ def _check_row(row):
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
-@pytest.mark.parametrize("extra", [{"budget": 4}, {"options": {"mass": 0.6, "self_layer": 0}}])
+@pytest.mark.parametrize("extra", [{"budget": 4}, {"options": {"mass": 0.6, "self_layer": 0}},
+                                   {"budget": 4, "options": {"relative": True}}])
 def test_crop_eval_self(family, extra, tiny_llava_dir, tiny_qwen_dir, tiny_benchmarks, tmp_path):
     torch.set_num_threads(1)
     model_dir = tiny_llava_dir if family == "llava" else tiny_qwen_dir
