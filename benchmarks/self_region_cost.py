@@ -103,12 +103,16 @@ def self_row_flops(n_text: int, query_rows: int = 1) -> float:
 
 
 def flops_table(n_text: int, kept: int, k: int) -> list[dict]:
+    """Rows of the end-to-end table; S = K - 1, so option ``relative``'s generic pass runs the
+    vision encoder and K decoder layers once per new image (then cached)."""
     vision = llava_vision_flops()
     none = vision + llava_prefill_flops(n_text, None, k)
     ilp = vision + llava_prefill_flops(n_text, kept, k)
     rows = [("unpruned LLaVA-1.5-7B", none), (f"ILP K={k}, {kept} visual tokens, region given", ilp),
             ("ILP + Qwen2-VL-2B localizer", ilp + localizer_flops()),
-            ("self (region from layer S attention) + ILP", ilp + self_row_flops(n_text))]
+            ("self (region from layer S attention) + ILP", ilp + self_row_flops(n_text)),
+            ("self + relative (new image: generic pass to S)", ilp + 2 * self_row_flops(n_text) + vision
+             + decoder_flops(n_text + LLAVA["vis_tokens"], LLAVA["d"], LLAVA["ff"], LLAVA["d"], k))]
     return [{"config": name, "tflops": f / 1e12, "x_unpruned": f / none} for name, f in rows]
 
 
