@@ -29,7 +29,9 @@ Figures (one row per method and R):
   tokens at layer K keep the full-length cache of layers 0..K-1: counted as it is;
 - ``peak_bytes``: CUDA ``torch.cuda.max_memory_allocated`` above the memory allocated before the
   call; CPU: peak RSS above the RSS before the call (``benchmarks/ilp_speed.py``'s ``RssPeak``
-  sampler, with its limits), both over one untimed prefill + decode;
+  sampler, with its limits: run with ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment for
+  CPU memory figures, so that freed tensors leave the RSS; the table header says which mode ran),
+  both over one untimed prefill + decode;
 - ``kept`` / ``layer_avg``: the method's own report rows (the two budget conventions).
 
 On a shared CPU compare rows of one run, never runs; the ratios are the figures to read.
@@ -232,7 +234,16 @@ def run(args: argparse.Namespace) -> dict:
             row[ratio] = row[key] / base[key] if base[key] else None
     shapes = "tiny" if args.tiny else f"LLaVA-1.5-7B text, {args.layers} layers; CLIP-L/14-336, {args.vision_layers} layers"
     return {"config": {**vars(args), "shapes": shapes, "visual_tokens": int((inputs["input_ids"] == IMAGE_ID).sum(1)[0]),
-                       "torch": torch.__version__, "device_name": device_name(args.device)}, "rows": rows}
+                       "torch": torch.__version__, "device_name": device_name(args.device),
+                       "peak_mode": peak_mode(args.device)}, "rows": rows}
+
+
+def peak_mode(device: str) -> str:
+    if device.startswith("cuda"):
+        return "torch.cuda.max_memory_allocated above the call's start"
+    threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    return (f"RSS above the call's start, MALLOC_MMAP_THRESHOLD_={threshold}" if threshold
+            else "RSS above the call's start (glibc's dynamic mmap threshold: figures may be low)")
 
 
 def device_name(device: str) -> str:
@@ -259,7 +270,7 @@ def table(result: dict) -> str:
     c = result["config"]
     head = (f"methods_speed: {c['shapes']}; {c['visual_tokens']} visual + {5 + c['text']} text tokens, batch {c['batch']}, "
             f"{c['new_tokens']} decode tokens, K={c['layer']}, {c['dtype']} on {c['device_name']}; "
-            f"median of {c['reps']} rounds; ratios vs none in this run")
+            f"median of {c['reps']} rounds; ratios vs none in this run; peak: {c['peak_mode']}")
     return head + "\n" + "\n".join(lines)
 
 
