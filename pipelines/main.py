@@ -185,10 +185,15 @@ def check_endpoints(opts, seconds: float = 3.0) -> None:
 
     from pipelines.job_service import wait_for_endpoint
 
+    from apache_beam.options.pipeline_options import StandardOptions
+
     portable = opts.view_as(PortableOptions)
     named = [("--job_endpoint", portable.job_endpoint)]
-    if (portable.environment_type or "").upper() == "EXTERNAL" and _on_localhost(portable.job_endpoint or "localhost:0"):
-        named.append(("--environment_config", portable.environment_config))  # else only the job service sees it
+    runner = (opts.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
+    if (runner in ("PortableRunner", "Portable") and (portable.environment_type or "").upper() == "EXTERNAL"
+            and _on_localhost(portable.job_endpoint)):
+        # a pool for a job service on this machine; Flink/Spark pools sit beside their own workers
+        named.append(("--environment_config", portable.environment_config))
     for flag, endpoint in named:
         if not endpoint or endpoint == "embed" or ":" not in endpoint:
             continue

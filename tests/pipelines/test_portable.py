@@ -64,11 +64,27 @@ def test_unreachable_job_endpoint_fails_in_seconds_with_one_line(tmp_path, capsy
 
 
 def test_unreachable_worker_pool_fails_too(tmp_path):
-    from pipelines.job_service import wait_for_endpoint  # noqa: F401 - the probe main uses
+    """The pool of a job service on this machine is probed too; a Flink/Spark "localhost" pool is
+    a sidecar of each of their workers, not of this machine, and is left alone."""
+    from pipelines.main import check_endpoints
 
-    with pytest.raises(FlagError, match="--environment_config localhost:"):
-        run(["--runner", "PortableRunner", "--environment_type", "EXTERNAL",
-             "--environment_config", f"localhost:{_unused_port()}", "--output", str(tmp_path / "o")])
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    job_service = grpc.server(ThreadPoolExecutor(max_workers=1))  # answers; no pool behind it
+    port = job_service.add_insecure_port("localhost:0")
+    job_service.start()
+    try:
+        with pytest.raises(FlagError, match="--environment_config localhost:"):
+            check_endpoints(make_options(["--runner", "PortableRunner", "--job_endpoint", f"localhost:{port}",
+                                          "--environment_type", "EXTERNAL", "--environment_config",
+                                          f"localhost:{_unused_port()}"]))
+    finally:
+        job_service.stop(None)
+    check_endpoints(make_options(["--runner", "FlinkRunner", "--flink_master", "flink-jm:8081",
+                                  "--environment_type", "EXTERNAL", "--environment_config",
+                                  f"localhost:{_unused_port()}"]))  # nothing probed, nothing raised
 
 
 def test_other_flag_errors_exit_with_status_2(capsys):
