@@ -16,8 +16,10 @@ the ceiling the input side sets on a GPU that never waits.
   the localizer's pixel bounds, chat template and labels).
 
 Images are generated 640x480 JPEGs with noise (decode cost of a photo). The ratio N / 0 workers
-is measured in one run; on a machine with C cores expect at most ~min(N, C)x. The load average
-is printed before and after: figures on a busy machine mean little.
+is measured in one run; on a machine with C cores expect at most ~min(N, C)x (the training
+process itself needs a core). Also printed: the training process's own CPU time per sample, the
+input cost its thread pays (with workers: receiving and padding only). The load average is printed
+before and after: figures on a busy machine mean little.
 """
 
 from __future__ import annotations
@@ -88,11 +90,12 @@ def localizer_input(shards: str, batch: int):
     return stream, collate.one, collate.stack
 
 
-def delivered(stream, prep, stack, workers: int, batch: int, limit: int) -> tuple[float, int]:
-    """Samples/s of batches handed to the (absent) training step, and how many."""
+def delivered(stream, prep, stack, workers: int, batch: int, limit: int) -> tuple[float, int, float]:
+    """Samples/s of batches handed to the (absent) training step, how many, and the training
+    process's own CPU milliseconds per sample (what the step's thread pays for its input)."""
     from crop.train.prefetch import epoch_items
 
-    rows, n, t0 = [], 0, time.perf_counter()
+    rows, n, t0, c0 = [], 0, time.perf_counter(), time.process_time()
     for _, row in epoch_items(stream, prep, 0, 0, num_workers=workers, prefetch_factor=4):
         item = row["item"]
         if "reject" in item:
@@ -103,7 +106,7 @@ def delivered(stream, prep, stack, workers: int, batch: int, limit: int) -> tupl
             n, rows = n + len(rows), []
         if n >= limit:
             break
-    return n / (time.perf_counter() - t0), n
+    return n / (time.perf_counter() - t0), n, 1000 * (time.process_time() - c0) / max(n, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         for trainer in (("plc", "localizer") if args.trainer == "both" else (args.trainer,)):
             build = plc_input if trainer == "plc" else localizer_input
             stream, prep, stack = build(str(Path(tmp) / "shards"), args.batch)
-            rate0, n0 = delivered(stream, prep, stack, 0, args.batch, args.samples)
-            rate_n, n_n = delivered(stream, prep, stack, args.workers, args.batch, args.samples)
+            rate0, n0, cpu0 = delivered(stream, prep, stack, 0, args.batch, args.samples)
+            rate_n, n_n, cpu_n = delivered(stream, prep, stack, args.workers, args.batch, args.samples)
             results[trainer] = {"samples": n0, "workers_0_per_s": round(rate0, 1),
-                                f"workers_{args.workers}_per_s": round(rate_n, 1), "ratio": round(rate_n / rate0, 2)}
+                                f"workers_{args.workers}_per_s": round(rate_n, 1), "ratio": round(rate_n / rate0, 2),
+                                "main_cpu_ms_per_sample_0": round(cpu0, 2),
+                                f"main_cpu_ms_per_sample_{args.workers}": round(cpu_n, 2)}
             print(f"{trainer:9s}  0 workers {rate0:7.1f} samples/s   {args.workers} workers {rate_n:7.1f} samples/s"
-                  f"   ratio {rate_n / rate0:.2f}x   ({n0} / {n_n} samples)")
+                  f"   ratio {rate_n / rate0:.2f}x   ({n0} / {n_n} samples); training process CPU per sample "
+                  f"{cpu0:.2f} -> {cpu_n:.2f} ms")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

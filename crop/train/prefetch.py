@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -37,6 +38,33 @@ def check_resume_workers(saved: int | None, now: int, pos: int, field: str = "da
                      f"the sample order depends on it (set {field}={saved} to resume)")
 
 
+SHARED_MIN_BYTES = 1 << 18  # tensors from this size on cross via shared memory; smaller ones are pickled
+
+
+def to_wire(x: Any) -> Any:
+    """In a worker: small tensors as numpy arrays. Every tensor a worker sends otherwise gets its own
+    shared-memory segment, which costs far more than copying a few hundred bytes (measured: the
+    localizer's six small tensors per sample made 2 workers no faster than none)."""
+    if isinstance(x, torch.Tensor):
+        return x.numpy() if x.nbytes < SHARED_MIN_BYTES and x.device.type == "cpu" else x
+    if isinstance(x, dict):
+        return {k: to_wire(v) for k, v in x.items()}
+    return x
+
+
+def from_wire(x: Any) -> Any:
+    """In the training process: numpy arrays back to tensors (the inverse of :func:`to_wire`)."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, dict):
+        return {k: from_wire(v) for k, v in x.items()}
+    return x
+
+
+def _as_is(item: Any) -> Any:
+    return item  # the DataLoader's collate for single items: keep numpy arrays numpy (see to_wire)
+
+
 class PreparedStream(IterableDataset):
     """``prepare`` applied to every sample of ``stream`` inside the DataLoader worker that reads it."""
 
@@ -47,10 +75,11 @@ class PreparedStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        wire = to_wire if info is not None else _as_is
         counters = getattr(self.stream, "counters", None)
         start = dict(counters.counts) if counters is not None else {}  # in-process: counts of earlier epochs
         for sample in self.stream:
-            item = self.prepare(sample)
+            item = wire(self.prepare(sample))
             counts = {k: v - start.get(k, 0) for k, v in counters.counts.items()} if counters is not None else {}
             first = dict(counters.first) if counters is not None else {}
             light = {k: v for k, v in sample.items() if k != "image"}  # no PIL image across processes
@@ -98,9 +127,10 @@ def epoch_items(stream: Any, prepare: Callable[[dict], Any], epoch: int, pos: in
     kw: dict = {"num_workers": num_workers, "pin_memory": pin_memory and torch.cuda.is_available()}
     if num_workers > 0:
         kw.update(prefetch_factor=prefetch_factor, persistent_workers=False)
-    loader = DataLoader(PreparedStream(stream, prepare), batch_size=None, **kw)  # items one by one, in order
+    loader = DataLoader(PreparedStream(stream, prepare), batch_size=None, collate_fn=_as_is, **kw)  # in order
     for row in loader:
         pos += 1
+        row["item"] = from_wire(row["item"])
         if counts is not None:
             counts.update(row["worker"], row["loader"], row["first"])
         yield pos, row

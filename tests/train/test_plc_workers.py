@@ -103,3 +103,19 @@ def test_loader_counts_sum_workers_and_epochs():
     c.end_epoch()
     c.update(0, {"bad_image": 1}, {})
     assert c.counts == Counter({"bad_image": 5, "missing_member": 1})
+
+
+def test_wire_round_trip_keeps_values_and_sends_big_tensors_by_shared_memory():
+    import numpy as np
+
+    from crop.train.prefetch import SHARED_MIN_BYTES, from_wire, to_wire
+
+    item = {"input_ids": torch.arange(7), "mask": torch.ones(3, dtype=torch.bool),
+            "pixel_values": torch.rand(SHARED_MIN_BYTES // 4 + 1), "nested": {"x": torch.tensor([1.5])}, "n": 3}
+    wire = to_wire(item)
+    assert isinstance(wire["input_ids"], np.ndarray) and isinstance(wire["nested"]["x"], np.ndarray)
+    assert isinstance(wire["pixel_values"], torch.Tensor)  # big: shared memory, not pickled bytes
+    back = from_wire(wire)
+    for k in ("input_ids", "mask", "pixel_values"):
+        assert back[k].dtype == item[k].dtype and torch.equal(back[k], item[k])
+    assert torch.equal(back["nested"]["x"], item["nested"]["x"]) and back["n"] == 3
