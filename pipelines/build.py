@@ -193,7 +193,8 @@ def parse_record(recipe: Recipe, source: str, file: str, line: int, payload) -> 
     """One record -> candidate (raises ``Rejected``): the parser its format needs."""
     if file.endswith("_cot_train.jsonl"):
         return parse_cot_line(source, VISUAL_COT_SOURCES[source], file, line, payload,
-                              seed=recipe.seed, grid=recipe.grid_size, policy=recipe.multi_box)
+                              seed=recipe.seed, grid=recipe.grid_size, policy=recipe.multi_box,
+                              max_regions=recipe.max_regions)
     if source == "llava":
         return parse_llava_item(payload, file, line - 1, seed=recipe.seed)
     return parse_viscot_llava_item(payload, file, line - 1, seed=recipe.seed, known_sources=list(VISUAL_COT_SOURCES))
@@ -560,7 +561,8 @@ class WriteShardFn(beam.DoFn):
                     if isinstance(rel, BaseException):
                         raise rel
                     rec, ext, info = finalize(c, rel, data, grid=r.grid_size, policy=r.multi_box,
-                                              trailing_period=r.trailing_period, check=r.image_check)
+                                              trailing_period=r.trailing_period, check=r.image_check,
+                                              max_regions=r.max_regions)
                     # Encoded here, inside the record's guard: the tar writer only copies bytes.
                     rec_json = json.dumps(rec, sort_keys=True, ensure_ascii=False).encode("utf-8")
                 except Rejected as e:

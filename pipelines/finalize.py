@@ -123,7 +123,8 @@ def inspect_image(data: bytes, check: str = "header") -> tuple[int, int, str]:
 
 
 def finalize(cand: dict, image_rel_path: str | None, data: bytes | None, *, grid: int,
-             policy: str, trailing_period: bool, check: str) -> tuple[dict, str | None, dict | None]:
+             policy: str, trailing_period: bool, check: str, max_regions: int = 4
+             ) -> tuple[dict, str | None, dict | None]:
     """Candidate + image bytes -> ``(record, ext, boxes_info)``; raises :class:`Rejected`.
 
     ``image_rel_path`` is the path (relative to the image root) where the image was found, or
@@ -146,12 +147,12 @@ def finalize(cand: dict, image_rel_path: str | None, data: bytes | None, *, grid
 
     info = cand["boxes_info"]
     if info is None:  # Visual-CoT LLaVA format: the region needed the image size
-        info = boxes_to_region(cand["boxes"], width, height, policy, grid)
+        info = boxes_to_region(cand["boxes"], width, height, policy, grid, max_regions)
     rec = region_record(
         source=cand["source"], source_id=cand["source_id"], source_file=cand["source_file"],
         image=image_rel_path, image_width=width, image_height=height, question=cand["question"],
         answer=cand["answer"], trailing_period=trailing_period,
         boxes_xyxy_px=cand["boxes"], union_box_xyxy_px=info["union_box"],
-        region_blocks=info["region"], grid_size=grid,
+        region_blocks=info["region"], grid_size=grid, regions_blocks=info.get("regions"),
     )
     return rec, ext, info

@@ -43,7 +43,7 @@ def metadata_file_names(source: str) -> tuple[str, ...]:
     return tuple(f"{stem}_cot_train.jsonl" for stem in METADATA_FILE_STEMS.get(source, (source,)))
 
 
-MULTI_BOX_POLICIES = ("union", "first", "largest")
+MULTI_BOX_POLICIES = ("union", "first", "largest", "regions")  # regions: up to max_regions rectangles (issue 21)
 IMAGE_CHECKS = ("header", "full")
 
 
@@ -89,13 +89,17 @@ class Recipe:
     shard_max_samples: int = 4000  # ~0.4-0.8 GB at Visual-CoT/COCO image sizes
     trailing_period: bool = True
     multi_box: str = "union"
+    max_regions: int = 4  # multi_box: regions keeps up to this many disjoint rectangles per question
     image_check: str = "header"
     strict_caps: bool = False
     max_reject_fraction: float = 0.5   # a source rejecting more fails the build (wrong image root, format)
     warn_reject_fraction: float = 0.1  # above this a source's reject rate is a warning
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self), sort_keys=True))
+        d = json.loads(json.dumps(dataclasses.asdict(self), sort_keys=True))
+        if self.multi_box != "regions":
+            d.pop("max_regions")  # only the regions policy reads it: other recipes keep their fingerprint
+        return d
 
     def fingerprint(self) -> str:
         import hashlib
@@ -153,7 +157,7 @@ def _path(v: Any, base: str, where: str) -> str | None:
 def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
     """Validate a recipe mapping (already parsed YAML) into a :class:`Recipe`."""
     top = {"name", "inputs", "sources", "llava", "seed", "grid_size", "shards", "template",
-           "multi_box", "image_check", "strict_caps", "reject_limits", "notes"}
+           "multi_box", "max_regions", "image_check", "strict_caps", "reject_limits", "notes"}
     d = _check_keys(data, top, "recipe")
     name = _req(d, "name", "recipe")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
@@ -194,6 +198,9 @@ def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
     multi_box = d.get("multi_box", "union")
     if multi_box not in MULTI_BOX_POLICIES:
         raise RecipeError(f"recipe.multi_box: must be one of {MULTI_BOX_POLICIES}, got {multi_box!r}")
+    max_regions = _int(d.get("max_regions", 4), "recipe.max_regions", 1)
+    if "max_regions" in d and multi_box != "regions":
+        raise RecipeError(f"recipe.max_regions: only read by multi_box: regions (this recipe says {multi_box!r})")
     image_check = d.get("image_check", "header")
     if image_check not in IMAGE_CHECKS:
         raise RecipeError(f"recipe.image_check: must be one of {IMAGE_CHECKS}, got {image_check!r}")
@@ -210,7 +217,8 @@ def parse_recipe(data: Mapping, base_dir: str = ".") -> Recipe:
         name=name, inputs=inputs, sources=sources, llava=llava,
         seed=_int(d.get("seed", 0), "recipe.seed", 0), grid_size=grid, shard_name=shard_name,
         shard_max_samples=_int(shards.get("max_samples", 4000), "recipe.shards.max_samples", 1),
-        trailing_period=trailing, multi_box=multi_box, image_check=image_check, strict_caps=strict,
+        trailing_period=trailing, multi_box=multi_box, max_regions=max_regions, image_check=image_check,
+        strict_caps=strict,
         max_reject_fraction=max_rej, warn_reject_fraction=warn_rej,
     )
 

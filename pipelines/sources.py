@@ -179,8 +179,12 @@ def _raw_boxes(bboxs: Any) -> list[list[float]]:
 
 # --------------------------------------------------------------------------- boxes -> region
 def boxes_to_region(raw_boxes: Sequence[Sequence[float]], width: int, height: int, policy: str,
-                    grid: int) -> dict:
+                    grid: int, max_regions: int = 4) -> dict:
     """Clip every box, drop the unusable ones, merge by ``policy``, map to a block region.
+
+    ``regions`` (issue 21): the boxes' block regions merged where they overlap or touch, at most
+    ``max_regions`` kept apart (:func:`crop.geometry.multi_region.boxes_px_to_regions`), returned as
+    ``regions``; ``region`` stays the union's region (``region_blocks``, for single-region readers).
 
     Boxes that are entirely outside or degenerate after clipping are dropped when at least one
     other box survives (counted in ``n_dropped``); if none survives the record is rejected with
@@ -197,7 +201,13 @@ def boxes_to_region(raw_boxes: Sequence[Sequence[float]], width: int, height: in
         n_clipped += was_clipped
     if not kept:
         raise Rejected(STAGE_BOXES, first_err.reason, first_err.detail)
-    if policy == "union":
+    regions = None
+    if policy == "regions":
+        from crop.geometry.multi_region import boxes_px_to_regions
+
+        box = gboxes.union_box(kept)
+        regions = [list(r) for r in boxes_px_to_regions(kept, width, height, max_regions, grid)]
+    elif policy == "union":
         box = gboxes.union_box(kept)
     elif policy == "first":
         box = kept[0]
@@ -206,9 +216,12 @@ def boxes_to_region(raw_boxes: Sequence[Sequence[float]], width: int, height: in
     else:
         raise ValueError(f"unknown multi-box policy {policy!r}")
     region = box_px_to_region(box, width, height, grid)
-    return {"union_box": [float(v) for v in box], "region": list(region),
-            "n_boxes": len(raw_boxes), "n_clipped": n_clipped,
-            "n_dropped": len(raw_boxes) - len(kept)}
+    out = {"union_box": [float(v) for v in box], "region": list(region),
+           "n_boxes": len(raw_boxes), "n_clipped": n_clipped,
+           "n_dropped": len(raw_boxes) - len(kept)}
+    if regions is not None:
+        out["regions"] = regions
+    return out
 
 
 def _candidate(**kw: Any) -> dict:
@@ -222,7 +235,7 @@ def _candidate(**kw: Any) -> dict:
 
 # --------------------------------------------------------------------------- Visual-CoT JSONL
 def parse_cot_line(source: str, image_dirs: Sequence[str], file: str, line: int, text: str | bytes,
-                   *, seed: int, grid: int, policy: str) -> dict:
+                   *, seed: int, grid: int, policy: str, max_regions: int = 4) -> dict:
     """One line of ``<source>_cot_train.jsonl`` -> candidate (raises :class:`Rejected`).
 
     Raw bytes are decoded as strict UTF-8: a line that is not UTF-8 is rejected as
@@ -247,7 +260,7 @@ def parse_cot_line(source: str, image_dirs: Sequence[str], file: str, line: int,
     image = _image_path("field 'image'", _field(obj, "image", str, "a string"))
     width, height = _size(obj, "width"), _size(obj, "height")
     raw = _raw_boxes(_field(obj, "bboxs", list, "a list of [x1, y1, x2, y2] boxes"))
-    info = boxes_to_region(raw, width, height, policy, grid)
+    info = boxes_to_region(raw, width, height, policy, grid, max_regions)
     source_id = f"{image}|{question}"
     key = make_key(source, source_id)
     return _candidate(kind="region", key=key, source=source, source_id=source_id, source_file=file,

@@ -20,7 +20,7 @@ class ReconciliationError(RuntimeError):
 
 
 def empty_sample_stats() -> dict:
-    return {"regions_by_area_blocks": {}, "regions_by_shape": {},
+    return {"regions_by_area_blocks": {}, "regions_by_shape": {}, "regions_per_sample": {},
             "boxes": {"total": 0, "clipped": 0, "multi_box_records": 0, "merged_away": 0,
                       "dropped_invalid": 0},
             "image_sizes": {"min_width": None, "max_width": None, "min_height": None,
@@ -43,6 +43,8 @@ def add_sample(stats: dict, record: Mapping, boxes_info: Mapping | None) -> None
         area, shape = str(w * h), f"{w}x{h}"
         stats["regions_by_area_blocks"][area] = stats["regions_by_area_blocks"].get(area, 0) + 1
         stats["regions_by_shape"][shape] = stats["regions_by_shape"].get(shape, 0) + 1
+        n = str(len(record.get("regions_blocks") or [region]))  # v1 records: one region
+        stats["regions_per_sample"][n] = stats["regions_per_sample"].get(n, 0) + 1
     if boxes_info is not None:
         b = stats["boxes"]
         n = boxes_info["n_boxes"]
@@ -51,14 +53,14 @@ def add_sample(stats: dict, record: Mapping, boxes_info: Mapping | None) -> None
         b["dropped_invalid"] += boxes_info["n_dropped"]
         if n > 1:
             b["multi_box_records"] += 1
-            b["merged_away"] += n - boxes_info["n_dropped"] - 1
+            b["merged_away"] += n - boxes_info["n_dropped"] - len(boxes_info.get("regions") or [None])
 
 
 def merge_sample_stats(parts: Iterable[Mapping]) -> dict:
     out = empty_sample_stats()
     for p in parts:
-        for k in ("regions_by_area_blocks", "regions_by_shape"):
-            for key, n in p[k].items():
+        for k in ("regions_by_area_blocks", "regions_by_shape", "regions_per_sample"):
+            for key, n in p.get(k, {}).items():
                 out[k][key] = out[k].get(key, 0) + n
         for k, n in p["boxes"].items():
             out["boxes"][k] += n
@@ -70,6 +72,7 @@ def merge_sample_stats(parts: Iterable[Mapping]) -> dict:
     # Stable, readable order: areas numerically, shapes by area then name.
     out["regions_by_area_blocks"] = dict(sorted(out["regions_by_area_blocks"].items(), key=lambda kv: int(kv[0])))
     out["regions_by_shape"] = dict(sorted(out["regions_by_shape"].items()))
+    out["regions_per_sample"] = dict(sorted(out["regions_per_sample"].items(), key=lambda kv: int(kv[0])))
     return out
 
 

@@ -201,6 +201,10 @@ def render_card(manifest: Mapping, stats: Mapping, recipe: Mapping) -> str:
     sizes = stats.get("image_sizes", {})
     boxes = stats.get("boxes", {})
     shapes = sorted(stats.get("regions_by_shape", {}).items(), key=lambda kv: -kv[1])[:10]
+    per_sample = stats.get("regions_per_sample", {})
+    multi = any(int(k) > 1 for k in per_sample)  # built with multi_box: regions (issue 21)
+    merged = ("overlapping or touching boxes merged, the others kept as separate regions in `regions_blocks`; "
+              "`region_blocks` is their bounding rectangle" if multi else "merged into their union")
     body = [
         f"# CROP region localization data: `{name}`", "",
         f"{n} samples in {totals['shards']} WebDataset shards ({totals['bytes']} bytes; {kinds}). "
@@ -241,14 +245,18 @@ def render_card(manifest: Mapping, stats: Mapping, recipe: Mapping) -> str:
         _table(["blocks", "regions", "share", ""], region_area_rows(stats, grid)), "",
         ("Most common shapes (width x height in blocks): " + ", ".join(f"{k} ({v})" for k, v in shapes) + "."
          if shapes else ""), "",
+        ("Regions per sample: " + ", ".join(f"{k} ({v})" for k, v in per_sample.items()) + "." if multi else ""),
+        "",
         f"Boxes: {boxes.get('total', 0)} source boxes, {boxes.get('clipped', 0)} clipped to the image, "
-        f"{boxes.get('multi_box_records', 0)} records with several boxes (merged into their union, "
+        f"{boxes.get('multi_box_records', 0)} records with several boxes ({merged}, "
         f"{boxes.get('merged_away', 0)} boxes merged away). Image sizes: width {sizes.get('min_width')}-"
         f"{sizes.get('max_width')}, height {sizes.get('min_height')}-{sizes.get('max_height')} px "
         f"({sizes.get('count', 0)} images).", "",
         "## Known limitations", "",
-        "- Several boxes for one question are merged into their union, so the region can be much larger "
-        "than any single box.",
+        ("- Boxes that overlap or touch are merged into one region, and beyond the recipe's `max_regions` the "
+         "closest regions are merged too, so a region can still be larger than any single box." if multi else
+         "- Several boxes for one question are merged into their union, so the region can be much larger "
+         "than any single box (recipe option `multi_box: regions` keeps far-apart boxes apart)."),
         "- Boxes that leave the image are clipped; a box smaller than one block still maps to a whole block, "
         "so regions are coarse for small text in documents.",
         "- Many VSR and CUB regions cover the whole image and carry little localization signal.",

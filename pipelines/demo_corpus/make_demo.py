@@ -224,6 +224,10 @@ BAD["gqa"] += [
     _bad(question="Long trailer after the end marker (valid)", answer="blue", image="trailer.jpg", width=96,
          height=64, bboxs=[[0, 0, 48, 32]]),
 ]
+# Two boxes far apart (valid; issue 21): one union region under multi_box: union, two regions under
+# multi_box: regions.
+BAD["gqa"].append(_bad(question="Is the top-left box the same colour as the bottom-right one? (valid)",
+                       answer="no", image="trailer.jpg", width=96, height=64, bboxs=[[0, 0, 20, 16], [72, 44, 96, 64]]))
 
 if __name__ == "__main__":
     main()

@@ -117,3 +117,30 @@ def test_shard_max_samples_flag_must_be_positive(capsys):
         parse_args(["--shard-max-samples", "0"])
     assert "--shard-max-samples: must be at least 1, got 0" in capsys.readouterr().err
 
+
+
+def test_multi_box_regions_and_max_regions():
+    r = parse_recipe({**MINIMAL, "multi_box": "regions", "max_regions": 2})
+    assert (r.multi_box, r.max_regions) == ("regions", 2) and r.to_dict()["max_regions"] == 2
+    assert parse_recipe({**MINIMAL, "multi_box": "regions"}).max_regions == 4
+    assert r.fingerprint() != parse_recipe({**MINIMAL, "multi_box": "regions", "max_regions": 3}).fingerprint()
+    union = parse_recipe(MINIMAL)
+    assert "max_regions" not in union.to_dict()  # other policies: the fingerprint does not move
+    with pytest.raises(RecipeError, match="recipe.max_regions: only read by multi_box: regions"):
+        parse_recipe({**MINIMAL, "max_regions": 2})
+    with pytest.raises(RecipeError, match="recipe.max_regions: must be an integer >= 1"):
+        parse_recipe({**MINIMAL, "multi_box": "regions", "max_regions": 0})
+
+
+def test_boxes_to_region_regions_policy_keeps_far_apart_boxes_apart():
+    from pipelines.sources import boxes_to_region
+
+    # 80 x 80 image, 10 px blocks: boxes at the top-left and the bottom-right corners
+    far = [[0, 0, 15, 15], [65, 65, 80, 80]]
+    info = boxes_to_region(far, 80, 80, "regions", 8, max_regions=4)
+    assert info["regions"] == [[0, 0, 1, 1], [6, 6, 7, 7]] and info["region"] == [0, 0, 7, 7]
+    assert boxes_to_region(far, 80, 80, "union", 8)["region"] == info["region"] and \
+        "regions" not in boxes_to_region(far, 80, 80, "union", 8)
+    touching = [[0, 0, 15, 15], [20, 0, 35, 15]]  # blocks 0-1 and 2-3 share an edge: one region
+    assert boxes_to_region(touching, 80, 80, "regions", 8)["regions"] == [[0, 0, 3, 1]]
+    assert boxes_to_region(far, 80, 80, "regions", 8, max_regions=1)["regions"] == [[0, 0, 7, 7]]
