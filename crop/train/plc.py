@@ -156,7 +156,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     image: Any  # RGB PIL image or None
-    region: tuple[int, int, int, int] | None
+    region: tuple | None  # one (x0, y0, x1, y1) in blocks, or a tuple of them (several regions)
 
 
 def conversation_turns(record: dict, has_image: bool, cfg: DataSection) -> list[tuple[str, str]] | str:
@@ -210,21 +210,35 @@ def tokenize_turns(turns: Sequence[tuple[str, str]], tokenizer, image_token_id: 
     return out_ids, out_labels
 
 
-def sample_region(record: dict) -> tuple[int, int, int, int] | str:
-    """The context region of an image sample (8x8 blocks), or a rejection reason."""
+def sample_region(record: dict) -> tuple | str:
+    """The context region of an image sample (8x8 blocks), or a rejection reason.
+
+    A record with several regions (``regions_blocks``, recipe ``multi_box: regions``) gives a tuple
+    of regions: PLC's context is then their union and its anchors are split over them, as
+    ``crop eval --method plc`` does with several regions (``crop.models.llava_plc.context_masks``).
+    """
+    from crop.contract import regions_of
     from crop.geometry.regions import Region
 
     if record["kind"] != "region":
         return FULL_REGION
     if record.get("grid_size", 8) != 8:
         return "grid_size_not_8"
-    blocks = record.get("region_blocks")
-    if not isinstance(blocks, (list, tuple)) or len(blocks) != 4:
-        return "bad_region_blocks"
     try:
-        return tuple(Region(*blocks).check(8))
-    except ValueError:
+        regions = regions_of(record)
+    except (TypeError, ValueError):
         return "bad_region_blocks"
+    if not isinstance(regions, list) or not regions:
+        return "bad_region_blocks"
+    out = []
+    for blocks in regions:
+        if not isinstance(blocks, (list, tuple)) or len(blocks) != 4:
+            return "bad_region_blocks"
+        try:
+            out.append(tuple(Region(*blocks).check(8)))
+        except (TypeError, ValueError):
+            return "bad_region_blocks"
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def prepare_sample(sample: dict, cfg: DataSection, tokenizer, image_token_id: int,
@@ -273,7 +287,8 @@ def example_tensors(ex: Example, image_processor, padded: bool, grid_hw: tuple[i
 
     out = {"input_ids": torch.tensor(ex.input_ids), "labels": torch.tensor(ex.labels)}
     if ex.image is not None:
-        pixels, masks = image_inputs([ex.image], [ex.region], image_processor, padded, grid_hw, tile_px)
+        region = list(ex.region) if isinstance(ex.region[0], tuple) else ex.region  # several: a list
+        pixels, masks = image_inputs([ex.image], [region], image_processor, padded, grid_hw, tile_px)
         out["pixel_values"], out["context_mask"] = pixels[0], masks[0]  # (3, S, S), (R*C,)
     return out
 
@@ -294,7 +309,10 @@ def stack(rows: Sequence[dict], pad_id: int) -> dict:
     with_image = [r for r in rows if "pixel_values" in r]
     if with_image:
         batch["pixel_values"] = torch.stack([r["pixel_values"] for r in with_image])  # (B_img, 3, S, S)
-        batch["context_mask"] = torch.stack([r["context_mask"] for r in with_image])  # (B_img, R*C)
+        masks = [r["context_mask"] for r in with_image]
+        if len({m.dtype for m in masks}) > 1:  # several-region rows are label maps: one region = label 1
+            masks = [m.long() for m in masks]
+        batch["context_mask"] = torch.stack(masks)  # (B_img, R*C)
     return batch
 
 

@@ -329,3 +329,36 @@ def test_loader_failures_reach_the_log_and_stop_the_run(tmp_path):
     rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["loader"]["bad_image"] >= 1
     assert list((tmp_path / "run" / "checkpoints").glob("step-*"))
+
+
+def test_multi_region_records_train_with_the_union_as_context():
+    """A record with several regions (recipe multi_box: regions) becomes a label-map context mask
+    (what crop eval --method plc builds for several regions); mixed with one-region rows in a batch,
+    the one-region rows are label 1, which PLC treats exactly as their bool mask."""
+    from crop.geometry.multi_region import bounding_region
+    from crop.train.plc import sample_region
+
+    two = [[0, 0, 1, 1], [5, 5, 7, 7]]
+    rec = region_record(
+        source="vsr", source_id="m", source_file="vsr_cot_train.jsonl", image="m.png", image_width=64,
+        image_height=48, question="Same colour?", answer="no", boxes_xyxy_px=[[0, 0, 16, 12], [40, 30, 64, 48]],
+        union_box_xyxy_px=[0, 0, 64, 48], region_blocks=list(bounding_region(two)), grid_size=8, regions_blocks=two)
+    validate(rec)
+    assert sample_region(rec) == ((0, 0, 1, 1), (5, 5, 7, 7))
+    assert sample_region(region_sample(0, "red")["json"]) == (2, 2, 5, 5)
+    cfg = tiny_cfg(".")
+    model, tok, proc = tiny_model(cfg)
+    multi = {"json": rec, "image": Image.new("RGB", (64, 48), (9, 9, 9))}
+    exs = [prepare_sample(s, cfg.data, tok, 259, 68) for s in (multi, region_sample(1, "blue"))]
+    batch = collate(exs, proc, True, (24, 24), tok.pad_token_id)
+    assert batch["context_mask"].dtype == torch.long and set(batch["context_mask"][1].unique().tolist()) == {0, 1}
+    assert set(batch["context_mask"][0].unique().tolist()) == {0, 1, 2}
+    single = collate(exs[1:], proc, True, (24, 24), tok.pad_token_id)  # bool mask alone
+    assert single["context_mask"].dtype == torch.bool
+    with torch.no_grad():
+        feats = model.image_features(single["pixel_values"])
+        a = model.plc(feats, single["context_mask"])
+        b = model.plc(feats, single["context_mask"].long())
+        loss = model.eval()(**batch).loss
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.isfinite(loss)
