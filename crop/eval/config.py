@@ -215,10 +215,14 @@ class EvalConfig:
     label: str | None = None         # row name in tables; default "<model>/<method>[-R<budget>]"
     section: str | None = None       # table section, e.g. "Retain Averaged 64 Tokens"
     score: bool = True
+    batch_size: int = 1              # questions per generate call (crop eval --batch-size; 1: one at a time)
 
     def validated(self) -> "EvalConfig":
         if not self.benchmarks:
             raise ConfigError("benchmarks: at least one benchmark is needed")
+        if self.batch_size is None:
+            raise ConfigError("batch_size must be an integer >= 1, got None")
+        _check_int(self.batch_size, "batch_size", 1)
         model = self.model.validate()
         method = self.method.validate(model.family)
         benches = tuple(b.validate(f"benchmarks[{i}]") for i, b in enumerate(self.benchmarks))
@@ -230,6 +234,8 @@ class EvalConfig:
         if d["method"]["budget_mode"] == "rect":  # the default, left out: run folders written before
             del d["method"]["budget_mode"]       # budget_mode existed still resume (same `method`)
         d["benchmarks"] = list(d["benchmarks"])
+        if d["batch_size"] == 1:  # the default, left out: config.yaml of a batch-1 run is as before
+            del d["batch_size"]
         d["generation"] = {"do_sample": False, "num_beams": 1}
         return d
 

@@ -1,6 +1,9 @@
-"""One loaded model + frontend that answers one question at a time with the configured method.
+"""One loaded model + frontend that answers questions with the configured method.
 
-Decoding is greedy at batch size 1, as LLaVA-1.5's evaluation. Latency is measured around the
+Decoding is greedy at batch size 1, as LLaVA-1.5's evaluation; :meth:`Engine.answer_batch`
+(``crop eval --batch-size N``) answers N questions in one ``generate`` through the lmms-eval
+plug-in's ragged batch core (:class:`crop.lmms.batch.BatchAnswerer`, one owner of batched
+pruning), with the same answers and kept counts as batch 1. Latency is measured around the
 method adapter's ``generate`` with :class:`crop.eval.efficiency.LatencyProbe` on the underlying
 VLM (the wrapped LLaVA for PLC), per phase (image encoding, prefill forward, decode, KV cache).
 
@@ -35,12 +38,18 @@ class Engine:
         self._scales: dict[str, float] = {}  # benchmark -> averaged-budget scale
 
     @classmethod
-    def load(cls, cfg: EvalConfig) -> "Engine":
-        """Thin ``from_pretrained`` loading; nothing else happens here."""
+    def load(cls, cfg: EvalConfig, rank: int | None = None) -> "Engine":
+        """Thin ``from_pretrained`` loading; nothing else happens here. ``rank`` (one process of
+        several): without ``model.device``, that process takes GPU ``LOCAL_RANK`` when GPUs exist."""
+        import os
+
         import torch
 
         dtype = getattr(torch, cfg.model.dtype)
-        device = torch.device(cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        default = "cuda" if torch.cuda.is_available() else "cpu"
+        if rank is not None and default == "cuda":
+            default = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        device = torch.device(cfg.model.device or default)
         frontend = load_frontend(cfg)
         return cls(cfg, load_model(cfg, device, dtype), frontend, device, dtype)
 
@@ -210,3 +219,66 @@ class Engine:
             info["budget_scale"] = ctx["budget_scale"]
         localizer = self._localizer_s.get((bench.name, item.key), {}) if region is not None else {}
         return text, {**info, **timing, **localizer, "new_tokens": int(new.numel())}
+
+    # -- batched answers (crop eval --batch-size N) ---------------------------------------------
+
+    # per-phase figures of a batch shared out over its rows (``forward_calls`` stays the batch's)
+    SHARED_FIELDS = ("prefill_s", "total_s", "encode_s", "forward_prefill_s", "decode_s", "decode_s_per_token",
+                     "kv_cache_s", "kv_cache_bytes")
+
+    def batchable(self, bench: BenchmarkConfig) -> bool:
+        """Whether questions can go N at a time: PLC (its own LLaVA wrapper and prompt expansion)
+        and ``budget_mode: average`` (one calibrated region scale, applied by crop eval's own ILP
+        adapter) answer one question at a time."""
+        return self.cfg.method.name != "plc" and self.budget_scale(bench) is None
+
+    def batch_answerer(self) -> Any:
+        """The ragged batch core over this engine's model, frontend and regions (made once)."""
+        if getattr(self, "_batcher", None) is None:
+            from crop.lmms.batch import BatchAnswerer
+
+            self._batcher = BatchAnswerer(self.model, self.frontend, self.cfg.method, self.device, self.dtype,
+                                          regions=self if self.regions is not None else None)
+        return self._batcher
+
+    def answer_batch(self, items: list[Any], bench: BenchmarkConfig) -> list[tuple[str, dict[str, Any]]]:
+        """Greedy answers and efficiency rows of ``items``, in order, from one batched call.
+
+        Texts and visual-token counts equal :meth:`answer`'s (tests/eval/test_eval_batched.py);
+        the latency fields are the batch's wall time divided by its rows, and each row says
+        ``batch_size``. Methods that cannot batch (:meth:`batchable`) go one at a time."""
+        if not self.batchable(bench):
+            return [self.answer(item, bench) for item in items]
+        if len(items) == 1:  # a benchmark's last, short batch
+            text, info = self.answer(items[0], bench)
+            return [(text, {**info, "batch_size": 1})]
+        from PIL import Image
+
+        from crop.eval.efficiency import LatencyProbe, encoder_modules
+        from crop.lmms.batch import Question
+
+        self.max_new_tokens = bench.max_new_tokens
+        questions = []
+        for item in items:
+            original = Image.open(Path(bench.image_folder) / item.image).convert("RGB") if item.image else None
+            questions.append(Question(item.message, original, item.key, item.question, bench.name))
+        answerer = self.batch_answerer()
+        with LatencyProbe(self.model, encoder_modules(self.model)) as probe:
+            probe.start()
+            answers = answerer.answer(questions, max_new_tokens=bench.max_new_tokens)
+            timing = probe.stop()
+        rows = len(items)
+        shared = {k: (v / rows if isinstance(v, (int, float)) and k in self.SHARED_FIELDS else v)
+                  for k, v in timing.items()}
+        out = []
+        name = self.cfg.method.name
+        for item, q, got in zip(items, questions, answers):
+            info = dict(got.report)
+            region = self.region(item, q.image, bench.name) if q.image is not None else None
+            if region is not None and name in ("center", "random"):  # as batch 1: the given region + the one used
+                info["region_used"] = info["region"]
+            if region is not None:
+                info["region"] = list(region)
+            localizer = self._localizer_s.get((bench.name, item.key), {}) if region is not None else {}
+            out.append((got.text, {**info, **shared, **localizer, "new_tokens": got.new_tokens, "batch_size": rows}))
+        return out

@@ -17,6 +17,11 @@ answers are the same, the rows add how long the VLM waited for each region.
 
 Resumable: questions whose ``(question_id, prompt)`` is already in ``answers.jsonl`` are skipped.
 
+``--batch-size N`` (``batch_size``): N questions per ``generate`` (:meth:`Engine.answer_batch`),
+answers equal to batch 1. Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) each
+rank answers every world-th question into its own part file and rank 0 merges and scores
+(:func:`merge_parts`); see docs/eval.md.
+
 Modules: :mod:`crop.eval.config` (typed YAML configuration), :mod:`crop.eval.models` (loading,
 prompts and encoding per model family), :mod:`crop.eval.methods` (method adapters over
 ``crop.pruning`` / ``crop.models``), :mod:`crop.eval.engine` (one question -> answer + timing);
@@ -57,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-mode", choices=("rect", "average"),
                         help="override method.budget_mode: rect (~R per image) or average (mean R over the run)")
     parser.add_argument("--no-score", action="store_true", help="write answers only")
+    parser.add_argument("--batch-size", type=int,
+                        help="override batch_size: questions answered per generate call (default 1)")
     parser.add_argument("--ahead-of-time", action="store_true",
                         help="run the in-process localizer (method.localizer) one question ahead of the VLM "
                              "on a worker thread; rows add localizer_wait_s (paper Sec. 4.4)")
@@ -96,48 +103,148 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
                                  f"({old.get(part)} != {new.get(part)}); use another output_dir")
 
 
-def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path, ahead_of_time: bool = False) -> dict[str, Any]:
+def _batches(stream: Any, size: int) -> Any:
+    """Consecutive lists of up to ``size`` items of ``stream`` (an iterator is consumed lazily,
+    so ``--ahead-of-time``'s localizer keeps running one question ahead)."""
+    batch: list[Any] = []
+    for item in stream:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path, ahead_of_time: bool = False,
+                  shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Answer one benchmark (resuming), then score it; returns its summary entry.
 
-    ``ahead_of_time``: the localizer runs one question ahead (:meth:`Engine.ahead_regions`)."""
+    ``ahead_of_time``: the localizer runs one question ahead (:meth:`Engine.ahead_regions`).
+    ``cfg.batch_size`` > 1: questions go ``batch_size`` at a time (:meth:`Engine.answer_batch`).
+    ``shard = (rank, world)`` with world > 1: this process answers questions ``i % world == rank``
+    into ``answers.rank<r>.jsonl`` / ``efficiency.rank<r>.jsonl``; after a barrier rank 0 merges
+    them into ``answers.jsonl`` in question order (:func:`merge_parts`) and scores once."""
     from tqdm import tqdm
 
     from crop.eval import efficiency
     from crop.eval.prompts import load_questions
 
+    rank, world = shard
     bdir = out / bench.name
     bdir.mkdir(parents=True, exist_ok=True)
     answers_path, eff_path = bdir / "answers.jsonl", bdir / "efficiency.jsonl"
     items = load_questions(bench.name, bench.question_file)
     if bench.limit is not None:
         items = items[: bench.limit]
-    done = done_keys(answers_path)
-    todo = [it for it in items if (str(it.question_id), it.prompt) not in done]
+    mine = items if world == 1 else [it for i, it in enumerate(items) if i % world == rank]
+    if world > 1:  # this rank's part files; answers.jsonl (merged earlier) is only read here
+        done = answered_keys(answers_path)
+        answers_path, eff_path = part_paths(bdir, rank)
+        done |= done_keys(answers_path)
+    else:
+        done = done_keys(answers_path)
+    todo = [it for it in mine if (str(it.question_id), it.prompt) not in done]
     efficiency.reset_peak_memory(engine.device)
     stream: Any = todo
     if ahead_of_time:
         engine.budget_scale(bench)  # an averaged budget's calibration sees every region first, before the worker starts
         stream = engine.ahead_regions(todo, bench)
-    with open(answers_path, "a", encoding="utf-8") as fa, open(eff_path, "a", encoding="utf-8") as fe:
-        for item in tqdm(stream, desc=f"{cfg.label}/{bench.name}", unit="q", initial=len(items) - len(todo),
-                         total=len(items)):
-            text, info = engine.answer(item, bench)
-            fa.write(json.dumps({"question_id": item.question_id, "prompt": item.prompt, "text": text,
-                                 "answer_id": answer_id(cfg.label, item.key), "model_id": cfg.model.name,
-                                 "metadata": {"key": item.key, "method": cfg.method.name}}) + "\n")
-            fa.flush()
-            fe.write(json.dumps({"key": item.key, **info}) + "\n")
-            fe.flush()
+    with open(answers_path, "a", encoding="utf-8") as fa, open(eff_path, "a", encoding="utf-8") as fe, \
+            tqdm(desc=f"{cfg.label}/{bench.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""), unit="q",
+                 initial=len(mine) - len(todo), total=len(mine)) as bar:
+        for batch in _batches(stream, cfg.batch_size):
+            results = engine.answer_batch(batch, bench) if cfg.batch_size > 1 else [engine.answer(batch[0], bench)]
+            for item, (text, info) in zip(batch, results):
+                fa.write(json.dumps({"question_id": item.question_id, "prompt": item.prompt, "text": text,
+                                     "answer_id": answer_id(cfg.label, item.key), "model_id": cfg.model.name,
+                                     "metadata": {"key": item.key, "method": cfg.method.name}}) + "\n")
+                fa.flush()
+                fe.write(json.dumps({"key": item.key, **info}) + "\n")
+                fe.flush()
+            bar.update(len(batch))
+    answered_here = len(todo)
+    if world > 1:
+        _barrier()
+        if rank != 0:
+            return {"answers": str(answers_path), "n_questions": len(items), "answered_this_session": answered_here}
+        answers_path, eff_path = bdir / "answers.jsonl", bdir / "efficiency.jsonl"
+        merge_parts(items, bdir, world)
     eff_rows = read_jsonl(eff_path) if eff_path.exists() else []
     eff = efficiency.summarize(eff_rows, efficiency.peak_memory_bytes(engine.device), str(engine.device))
-    eff["answered_this_session"] = len(todo)
+    eff["answered_this_session"] = answered_here if world == 1 else None  # rank 0 sees only its own count
     eff["ahead_of_time"] = bool(ahead_of_time)
+    eff["batch_size"] = cfg.batch_size
+    eff["processes"] = world
     (bdir / "efficiency.json").write_text(json.dumps(eff, indent=2), encoding="utf-8")
     entry: dict[str, Any] = {"answers": str(answers_path), "efficiency": eff, "n_questions": len(items)}
     if not cfg.score:
         return entry
     entry.update(score_benchmark(bench, answers_path, bdir))
     return entry
+
+
+# ============================================================================ processes (accelerate / torchrun)
+def shard_of_env() -> tuple[int, int]:
+    """(rank, world size) as ``accelerate launch`` and ``torchrun`` export them (``RANK`` /
+    ``WORLD_SIZE``); (0, 1) in a plain process."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def part_paths(bdir: Path, rank: int) -> tuple[Path, Path]:
+    return bdir / f"answers.rank{rank}.jsonl", bdir / f"efficiency.rank{rank}.jsonl"
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL file up to a torn last line (read only; :func:`done_keys` repairs)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def answered_keys(path: Path) -> set[tuple[str, str]]:
+    """(question_id, prompt) pairs in an answer file, without rewriting it (other ranks read it)."""
+    return {(str(r["question_id"]), r.get("prompt", "")) for r in _read_rows(path)}
+
+
+def merge_parts(items: list[Any], bdir: Path, world: int) -> int:
+    """Rank 0: append the rank part files' rows to ``answers.jsonl`` / ``efficiency.jsonl`` in
+    question order (rows already there are kept, so an interrupted merge or a rerun is resumed),
+    then delete the parts. Returns the rows merged."""
+    answers_path, eff_path = bdir / "answers.jsonl", bdir / "efficiency.jsonl"
+    have = done_keys(answers_path)
+    parts = [part_paths(bdir, r) for r in range(world)]
+    answers = {(str(r["question_id"]), r.get("prompt", "")): r for a, _ in parts for r in _read_rows(a)}
+    effs = {r["key"]: r for _, e in parts for r in _read_rows(e)}
+    merged = 0
+    with open(answers_path, "a", encoding="utf-8") as fa, open(eff_path, "a", encoding="utf-8") as fe:
+        for item in items:
+            key = (str(item.question_id), item.prompt)
+            if key in have or key not in answers:
+                continue
+            fa.write(json.dumps(answers[key]) + "\n")
+            if item.key in effs:
+                fe.write(json.dumps(effs[item.key]) + "\n")
+            have.add(key)
+            merged += 1
+    for a, e in parts:
+        a.unlink(missing_ok=True)
+        e.unlink(missing_ok=True)
+    return merged
 
 
 def score_benchmark(bench: Any, answers_path: Path, bdir: Path) -> dict[str, Any]:
@@ -184,10 +291,19 @@ def run_eval(cfg: EvalConfig, ahead_of_time: bool = False) -> dict[str, Any]:
                          f"method {cfg.method.name!r} has none (regions from a file need no localizer run)")
     import yaml
 
+    rank, world = shard = shard_of_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # gloo: only barriers cross processes (CPU or GPU runs alike)
+            dist.init_process_group(backend="gloo")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    if world > 1:
+        _barrier()  # every rank has read the old config.yaml before rank 0 rewrites it
+    if rank == 0:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     summary_path = out / SUMMARY
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update({"label": cfg.label, "model": cfg.model.name, "family": cfg.model.family,
@@ -197,10 +313,13 @@ def run_eval(cfg: EvalConfig, ahead_of_time: bool = False) -> dict[str, Any]:
     summary.setdefault("benchmarks", {})
     from crop.eval.engine import Engine
 
-    engine = Engine.load(cfg)
+    engine = Engine.load(cfg, rank=rank if world > 1 else None)
     for bench in cfg.benchmarks:
-        summary["benchmarks"][bench.name] = run_benchmark(engine, cfg, bench, out, ahead_of_time)
-        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        summary["benchmarks"][bench.name] = run_benchmark(engine, cfg, bench, out, ahead_of_time, shard)
+        if rank == 0:
+            summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if world > 1:
+        _barrier()  # no rank leaves (and no launcher tears the group down) before rank 0 has scored
     return summary
 
 
@@ -208,9 +327,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config), args)
     if args.no_score:
         cfg = dataclasses.replace(cfg, score=False)
+    if getattr(args, "batch_size", None) is not None:
+        cfg = dataclasses.replace(cfg, batch_size=args.batch_size).validated()
     print(f"crop eval: {cfg.label} ({cfg.model.name}, method {cfg.method.name}) on "
           f"{', '.join(b.name for b in cfg.benchmarks)} -> {cfg.output_dir}", file=sys.stderr)
     summary = run_eval(cfg, ahead_of_time=getattr(args, "ahead_of_time", False))
+    if shard_of_env()[0] != 0:
+        return 0  # rank 0 merged, scored and prints
     for name, entry in summary["benchmarks"].items():
         shown = f"{entry['score']:.2f}" if "score" in entry else entry.get("score_skipped", "not scored")
         if "score" in entry and not entry.get("complete"):

@@ -48,6 +48,7 @@ class Answer:
 
     text: str
     report: dict
+    new_tokens: int | None = None  # generated tokens up to and including the row's first EOS (as batch 1)
 
 
 def family_of(path: str) -> str:
@@ -64,7 +65,11 @@ def family_of(path: str) -> str:
 class BatchAnswerer:
     """A loaded model + frontend + method; :meth:`answer` answers one batch."""
 
-    def __init__(self, model: Any, frontend: Any, method: MethodConfig, device: Any, dtype: Any):
+    def __init__(self, model: Any, frontend: Any, method: MethodConfig, device: Any, dtype: Any,
+                 regions: Any = None):
+        """``regions``: an object with ``region(question, image, benchmark)`` to use instead of a
+        :class:`crop.eval.methods.RegionSource` of ``method`` (``crop eval``'s engine passes itself,
+        so its localizer is loaded once and timed per question)."""
         from crop.eval.methods import RegionSource
         from crop.pruning.registry import get_method
 
@@ -72,7 +77,7 @@ class BatchAnswerer:
         registry_name = "ilp" if method.name in REGION_VARIANTS else method.name
         self.spec = get_method(registry_name)  # KeyError naming the known methods
         needs_region = self.spec.needs_region or method.name in REGION_VARIANTS
-        self.regions = RegionSource(method) if needs_region else None
+        self.regions = (regions if regions is not None else RegionSource(method)) if needs_region else None
         self._region_cache: dict[tuple[str | None, str], Any] = {}
 
     @classmethod
@@ -182,14 +187,23 @@ class BatchAnswerer:
             out = self.model.generate(**run.inputs, **kwargs)
             rows = run.rows()
         start = inputs["input_ids"].shape[1] if run.output_has_prompt else 0
-        texts = tok.batch_decode(out[:, start:], skip_special_tokens=True)  # (B, new) -> B strings
+        new = out[:, start:]  # (B, new): rows that finished early are padded after their EOS
+        lengths = generated_lengths(new, self._eos_ids())
+        texts = [tok.decode(row[:n], skip_special_tokens=True) for row, n in zip(new, lengths)]
         answers = []
         for i, text in enumerate(texts):
             report = dict(rows[i])
             if regions is not None:
                 report["region"] = list(regions[i])
-            answers.append(Answer(cut_at_stop(text, until).strip(), report))
+            answers.append(Answer(cut_at_stop(text, until).strip(), report, lengths[i]))
         return answers
+
+    def _eos_ids(self) -> set[int]:
+        """The ids ``generate`` stops a row at: the generation config's EOS (an int or a list)."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.frontend.tokenizer.eos_token_id
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
 
     def _split_by_budget(self, questions: list[Question], budgets: list[int | None], max_new_tokens: int,
                          until: Sequence[str], generation: dict) -> list[Answer]:
@@ -203,6 +217,18 @@ class BatchAnswerer:
                                                       until, generation)):
                 out[i] = got
         return out  # type: ignore[return-value]
+
+
+def generated_lengths(new: Any, eos_ids: set[int]) -> list[int]:
+    """Per row of ``new (B, T)``: tokens up to and including the first EOS, else ``T``.
+
+    ``generate`` stops a row at its EOS and fills the rest of a batch's columns with padding, so
+    this is the length the same row has when generated alone (batch size 1)."""
+    out = []
+    for row in new.tolist():
+        stop = next((j for j, t in enumerate(row) if t in eos_ids), None)
+        out.append(len(row) if stop is None else stop + 1)
+    return out
 
 
 def cut_at_stop(text: str, until: Sequence[str]) -> str:
