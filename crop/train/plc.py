@@ -669,24 +669,18 @@ def shard_source(shards: Sequence[str], cfg: DataSection, rank: int | None = Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML file (configs/plc-*.yaml)")
+    from crop.train.common import add_run_arguments
+
+    add_run_arguments(parser, "YAML file (configs/plc-*.yaml)", "train.max_steps=10")
     parser.add_argument("--shards", nargs="*", default=None, help="overrides data.shards")
-    parser.add_argument("--output-dir", default=None, help="overrides train.output_dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run of another config in the output folder instead of refusing")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train.max_steps=10 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
     from crop.train import accel
-    from crop.train.common import load_config
+    from crop.train.common import config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_config(TrainPLCConfig, args.config, overrides)
+    cfg = config_from_args(TrainPLCConfig, args)
     if args.shards:
         cfg.data.shards = list(args.shards)
     if not cfg.data.shards:

@@ -238,22 +238,16 @@ def train(cfg: ProjectorFTConfig, overwrite: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML file (configs/visionzip-ft-*.yaml)")
-    parser.add_argument("--output-dir", default=None, help="overrides train.output_dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run of another config in the output folder instead of refusing")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train.steps=10 (repeatable)")
+    from crop.train.common import add_run_arguments
+
+    add_run_arguments(parser, "YAML file (configs/visionzip-ft-*.yaml)", "train.steps=10")
 
 
 def run(args: argparse.Namespace) -> int:
-    from crop.train.common import load_config
+    from crop.train.common import config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_config(ProjectorFTConfig, args.config, overrides)
+    cfg = config_from_args(ProjectorFTConfig, args)
     got = train(cfg, overwrite=args.overwrite)
     print(f"crop train-projector: loss {got['losses'][0]:.4f} -> {got['losses'][-1]:.4f}; "
           f"projector in {got['export']} (method visionzip, options: {{projector: {got['export']}}})",

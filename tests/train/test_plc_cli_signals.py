@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from recording_tracker import recording_tracker
 
 from test_plc_train import ROOT, tiny_cfg, tiny_model, write_shards
 from test_plc_workers import _samples
@@ -52,30 +53,10 @@ def test_sigterm_to_the_cli_checkpoints_and_the_printed_command_resumes(tmp_path
 
 
 def test_log_with_sends_config_and_every_row_to_the_tracker(tmp_path, monkeypatch):
-    from accelerate.tracking import GeneralTracker
-
     from crop.train import accel
     from crop.train.plc import train
 
-    class Recorder(GeneralTracker):
-        name, requires_logging_directory, main_process_only = "recorder", False, True
-        seen: dict = {"config": None, "rows": [], "finished": False}
-
-        def __init__(self):
-            super().__init__()
-
-        @property
-        def tracker(self):
-            return self
-
-        def store_init_configuration(self, values):
-            Recorder.seen["config"] = values
-
-        def log(self, values, step=None, **kwargs):
-            Recorder.seen["rows"].append((step, values))
-
-        def finish(self):
-            Recorder.seen["finished"] = True
+    Recorder = recording_tracker()
 
     monkeypatch.setattr(accel, "tracker_spec", lambda log_with: [Recorder()])
     cfg = tiny_cfg(tmp_path / "run", epochs=1, batch_size=2, log_with="tensorboard")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from recording_tracker import recording_tracker
 import torch
 
 from crop.train import run_folder
@@ -193,31 +194,9 @@ def test_log_rows_reach_the_configured_tracker_and_a_missing_one_only_warns(tmp_
     """`log_with` goes through accelerate's tracker API: the config at start, every log row (numbers,
     loader counters as loader/<kind>) at its step, finish at the end. A tracker whose package is
     not installed is a warning, never a failed run."""
-    from accelerate.tracking import GeneralTracker
-
-    from crop.train import localizer as trainer
-
-    class Recorder(GeneralTracker):
-        name, requires_logging_directory, main_process_only = "recorder", False, True
-        seen: dict = {"config": None, "rows": [], "finished": False}
-
-        def __init__(self):
-            super().__init__()
-
-        @property
-        def tracker(self):
-            return self
-
-        def store_init_configuration(self, values):
-            Recorder.seen["config"] = values
-
-        def log(self, values, step=None, **kwargs):
-            Recorder.seen["rows"].append((step, values))
-
-        def finish(self):
-            Recorder.seen["finished"] = True
-
     from crop.train import accel
+
+    Recorder = recording_tracker()
 
     monkeypatch.setattr(accel, "tracker_spec", lambda log_with: [Recorder()])
     train(_cfg(tmp_path / "run", max_steps=3, save_every=0, log_with="tensorboard"), log=lambda s: None)
