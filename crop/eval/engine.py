@@ -270,6 +270,8 @@ class Engine:
         rows = len(items)
         shared = {k: (v / rows if isinstance(v, (int, float)) and k in self.SHARED_FIELDS else v)
                   for k, v in timing.items()}
+        if shared.get("kv_cache_bytes") is not None:
+            shared["kv_cache_bytes"] = round(shared["kv_cache_bytes"])  # a row's share of the batch's cache
         out = []
         name = self.cfg.method.name
         for item, q, got in zip(items, questions, answers):

@@ -8,6 +8,7 @@ image size (Qwen2-VL: a different visual-token count per image) and include a te
 Tiny random-weight LLaVA-1.5 / Qwen2-VL from the real transformers config classes (conftest.py).
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -18,12 +19,15 @@ from crop.eval.runner import ConfigError, EvalConfig, run_eval  # noqa: E402
 from crop.eval.scorers.common import read_jsonl  # noqa: E402
 from crop.eval.tiny import SUFFIX  # noqa: E402
 
+from test_runner_plc import plc_weights  # noqa: E402,F401  (fixture: a tiny PLC for the tiny LLaVA)
+
 # (width, height) per question; "" = a text-only question (answered unpruned, in its own group)
 IMAGES = [(160, 96), (48, 80), None, (128, 128), (200, 120), (64, 150), (90, 90)]
 QUESTIONS = ["Is it left?", "What colour is the large object on the right side?", "What is two plus two?",
              "Which one?", "Is there a red cup next to the plate on the table?", "Count them.", "Where?"]
 REGIONS = [[0, 0, 3, 7], [2, 2, 5, 5], None, [4, 0, 7, 3], [1, 3, 6, 7], [0, 4, 7, 7], [3, 3, 4, 4]]
-COUNT_FIELDS = ("visual_tokens_in", "visual_tokens_kept", "visual_tokens_layer_avg", "region", "new_tokens")
+COUNT_FIELDS = ("visual_tokens_in", "visual_tokens_kept", "visual_tokens_layer_avg", "region", "region_used",
+                "new_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,8 @@ def counts(eff):
 
 
 CASES = [("llava", "none", None), ("llava", "ilp", 6), ("llava", "fastv", 6), ("llava", "random_tokens", 6),
-         ("llava", "pdrop", 6), ("qwen2_vl", "none", None), ("qwen2_vl", "ilp", 0.5), ("qwen2_vl", "fastv", 4),
+         ("llava", "pdrop", 6), ("llava", "prune", 6), ("llava", "center", 6), ("llava", "random", 6),
+         ("qwen2_vl", "none", None), ("qwen2_vl", "ilp", 0.5), ("qwen2_vl", "fastv", 4),
          ("qwen2_vl", "random_tokens", 0.4), ("qwen2_vl", "pdrop", 4)]
 
 
@@ -94,6 +99,9 @@ def test_batch_n_equals_batch_1(family, method, budget, tiny_llava_dir, tiny_qwe
         assert all(0 < r["visual_tokens_kept"] < r["visual_tokens_in"] for r in image_rows)
     if method == "ilp":
         assert [r["region"] for r in image_rows] == [g for g in REGIONS if g is not None]
+    if method in ("center", "random"):  # Table 10: the given region is reported, the moved one used
+        assert [r["region"] for r in image_rows] == [g for g in REGIONS if g is not None]
+        assert any(r["region_used"] != r["region"] for r in image_rows)
     if family == "qwen2_vl":  # images of different sizes: ragged visual-token counts in one batch
         assert len({r["visual_tokens_in"] for r in image_rows}) > 1
 
@@ -131,16 +139,57 @@ def test_resume_after_partial_batched_run(tiny_llava_dir, bench, tmp_path):
     assert rows(out)[0] == ref_ans
 
 
-def test_plc_and_average_budget_fall_back_to_rows(tiny_llava_dir, bench, tmp_path):
-    """``budget_mode: average`` (one calibrated scale, crop eval's own ILP adapter) answers one
-    question at a time under --batch-size: rows have no batch_size and equal batch 1."""
+def test_localizer_batched_and_ahead_of_time(tiny_llava_dir, bench, tmp_path, monkeypatch):
+    """An in-process localizer (scripted ``predict_detailed``: a region that depends on the image's
+    shape) runs once per question under --batch-size, alone or ahead of time; regions, answers
+    and kept counts equal batch 1, and each row keeps its own localizer time."""
+    from crop.geometry import Region
+    from crop.models.localizer import Localizer, Prediction, TinySpec, build_tiny_localizer
+
     torch.set_num_threads(1)
-    kw = {"name": "ilp", "layer": 1, "budget": 6, "budget_mode": "average"}
-    run_eval(config(tiny_llava_dir, "llava", bench, tmp_path / "b1", **kw))
-    run_eval(config(tiny_llava_dir, "llava", bench, tmp_path / "b3", batch_size=3, **kw))
+    build_tiny_localizer(TinySpec(seed=3)).save_pretrained(str(tmp_path / "loc"))
+    calls = []
+
+    def predict_detailed(self, images, questions, batch_size=None):
+        calls.extend(questions)
+        return [Prediction(Region(0, 0, 3, 7) if im.size[0] > im.size[1] else Region(2, 4, 7, 7), "", "strict")
+                for im in images]
+
+    monkeypatch.setattr(Localizer, "predict_detailed", predict_detailed)
+    kw = {"name": "ilp", "layer": 1, "budget": 6, "regions": None, "localizer": str(tmp_path / "loc")}
+    results = {}
+    for name, size, ahead in (("b1", 1, False), ("b3", 3, False), ("b3ahead", 3, True)):
+        calls.clear()
+        run_eval(config(tiny_llava_dir, "llava", bench, tmp_path / name, batch_size=size, **kw), ahead_of_time=ahead)
+        assert len(calls) == len(QUESTIONS) - 1  # once per image question
+        results[name] = rows(tmp_path / name)
+    (a1, e1) = results["b1"]
+    regions = [r["region"] for r in e1 if r["visual_tokens_in"]]
+    assert regions == [[0, 0, 3, 7] if w > h else [2, 4, 7, 7] for w, h in filter(None, IMAGES)]
+    for name in ("b3", "b3ahead"):
+        a, e = results[name]
+        assert a == a1 and counts(e) == counts(e1)
+        assert all(r["localizer_s"] >= 0 for r in e if r["visual_tokens_in"])
+    assert all("localizer_wait_s" in r for r in results["b3ahead"][1] if r["visual_tokens_in"])
+
+
+@pytest.mark.parametrize("method", ["plc", "average"])
+def test_plc_and_average_budget_fall_back_to_rows(method, tiny_llava_dir, plc_weights, bench, tmp_path):
+    """PLC (its own wrapper and prompt expansion) and ``budget_mode: average`` (one calibrated
+    scale, crop eval's own ILP adapter) answer one question at a time under --batch-size: rows
+    have no batch_size and equal batch 1."""
+    torch.set_num_threads(1)
+    kw = {"name": "plc"} if method == "plc" else {"name": "ilp", "layer": 1, "budget": 6, "budget_mode": "average"}
+    cfgs = [config(tiny_llava_dir, "llava", bench, tmp_path / f"b{n}", batch_size=n, **kw) for n in (1, 3)]
+    if method == "plc":
+        cfgs = [dataclasses.replace(c, model=dataclasses.replace(c.model, plc_weights=plc_weights)) for c in cfgs]
+    for c in cfgs:
+        run_eval(c)
     (a1, e1), (a3, e3) = rows(tmp_path / "b1"), rows(tmp_path / "b3")
     assert a3 == a1 and counts(e3) == counts(e1)
     assert all("batch_size" not in r for r in e3)
+    if method == "plc":
+        assert [r["visual_tokens_kept"] for r in e3 if r["visual_tokens_in"]] == [5] * (len(QUESTIONS) - 1)
 
 
 @pytest.mark.parametrize("bad", [0, -2, "4", True, None, 1.5])
