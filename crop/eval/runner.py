@@ -292,11 +292,13 @@ def run_eval(cfg: EvalConfig, ahead_of_time: bool = False) -> dict[str, Any]:
     import yaml
 
     rank, world = shard = shard_of_env()
+    own_group = False
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():  # gloo: only barriers cross processes (CPU or GPU runs alike)
             dist.init_process_group(backend="gloo")
+            own_group = True
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
@@ -320,6 +322,8 @@ def run_eval(cfg: EvalConfig, ahead_of_time: bool = False) -> dict[str, Any]:
             summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if world > 1:
         _barrier()  # no rank leaves (and no launcher tears the group down) before rank 0 has scored
+        if own_group:
+            dist.destroy_process_group()
     return summary
 
 
