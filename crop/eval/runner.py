@@ -169,10 +169,10 @@ def run_benchmark(engine: Any, cfg: EvalConfig, bench: Any, out: Path, ahead_of_
         if rank != 0:
             return {"answers": str(answers_path), "n_questions": len(items), "answered_this_session": answered_here}
         answers_path, eff_path = bdir / "answers.jsonl", bdir / "efficiency.jsonl"
-        merge_parts(items, bdir, world)
+        answered_here = merge_parts(items, bdir, world)  # every rank's new rows (and any left by a crash)
     eff_rows = read_jsonl(eff_path) if eff_path.exists() else []
     eff = efficiency.summarize(eff_rows, efficiency.peak_memory_bytes(engine.device), str(engine.device))
-    eff["answered_this_session"] = answered_here if world == 1 else None  # rank 0 sees only its own count
+    eff["answered_this_session"] = answered_here
     eff["ahead_of_time"] = bool(ahead_of_time)
     eff["batch_size"] = cfg.batch_size
     eff["processes"] = world

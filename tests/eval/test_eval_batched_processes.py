@@ -80,9 +80,12 @@ def test_two_processes_equal_one(tiny_llava_dir, bench, tmp_path):
     assert summary["benchmarks"]["gqa"]["score"] == one["benchmarks"]["gqa"]["score"]
     assert summary["benchmarks"]["gqa"]["complete"] is True
     assert summary["benchmarks"]["gqa"]["efficiency"]["processes"] == 2
+    assert summary["benchmarks"]["gqa"]["efficiency"]["answered_this_session"] == len(QUESTIONS)
 
     # rerun after losing the last three merged rows: only those are answered again, in order
     path = out / "gqa" / "answers.jsonl"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-3]))
     _launch(cfg_path)
     assert rows(out)[0] == a1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmarks"]["gqa"]["efficiency"]["answered_this_session"] == 3
