@@ -128,24 +128,6 @@ def load_config(cls, path: str | Path, overrides: Iterable[str] = ()):
     return from_dict(cls, apply_overrides(data, overrides), where=str(path))
 
 
-def add_run_arguments(parser, config_help: str, example_override: str) -> None:
-    """The flags every YAML-configured trainer shares: ``--config``, ``--output-dir``, ``--overwrite``, ``--set``."""
-    parser.add_argument("--config", required=True, help=config_help)
-    parser.add_argument("--output-dir", default=None, help="overrides train.output_dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run of another config in the output folder instead of refusing")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a config field, e.g. --set {example_override} (repeatable)")
-
-
-def config_from_args(cls, args):
-    """``cls`` from ``--config`` with ``--set`` overrides and ``--output-dir`` applied."""
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    return load_config(cls, args.config, overrides)
-
-
 def dump_config(cfg, path: str | Path) -> None:
     import yaml
 

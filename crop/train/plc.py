@@ -669,7 +669,7 @@ def shard_source(shards: Sequence[str], cfg: DataSection, rank: int | None = Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from crop.train.common import add_run_arguments
+    from crop.train.run_args import add_run_arguments
 
     add_run_arguments(parser, "YAML file (configs/plc-*.yaml)", "train.max_steps=10")
     parser.add_argument("--shards", nargs="*", default=None, help="overrides data.shards")
@@ -677,7 +677,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crop.train import accel
-    from crop.train.common import config_from_args
+    from crop.train.run_args import config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_args(TrainPLCConfig, args)

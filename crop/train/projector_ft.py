@@ -238,13 +238,13 @@ def train(cfg: ProjectorFTConfig, overwrite: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from crop.train.common import add_run_arguments
+    from crop.train.run_args import add_run_arguments
 
     add_run_arguments(parser, "YAML file (configs/visionzip-ft-*.yaml)", "train.steps=10")
 
 
 def run(args: argparse.Namespace) -> int:
-    from crop.train.common import config_from_args
+    from crop.train.run_args import config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = config_from_args(ProjectorFTConfig, args)
