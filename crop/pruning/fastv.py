@@ -15,42 +15,17 @@ import torch
 
 from crop.compat import cache_of_kwargs
 from crop.pruning import guards
+from crop.pruning.attention_rows import last_rows, row_attention
 from crop.pruning.layout import SampleLayout
 from crop.pruning.plugin import PruneHandle, check_supported
 from crop.pruning.region_map import KeepPlan
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding: x (B, H, N, D), cos/sin (B, N, D) -> x*cos + rot(x)*sin."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, N, D)
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rot * sin
-
-
 def last_token_attention(layer: torch.nn.Module, h_in: torch.Tensor, pos_emb, mask, keys=None) -> torch.Tensor:
-    """Head-averaged attention (B, N) of the last token of ``h_in`` (B, N, D) at ``layer``.
-
-    ``keys`` (B, Hkv, N, Dh), already rotated, is the layer's cache entry when available.
-    """
-    attn = layer.self_attn
-    x = layer.input_layernorm(h_in)  # (B, N, D)
-    batch, n = x.shape[:2]
-    hd = attn.head_dim
-    cos, sin = pos_emb
-    if cos.shape[0] != batch:
-        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
-    q = attn.q_proj(x[:, -1:]).view(batch, 1, -1, hd).transpose(1, 2)  # (B, H, 1, Dh)
-    q = _rotate(q, cos[:, -1:], sin[:, -1:])
-    if keys is None:
-        k = attn.k_proj(x).view(batch, n, -1, hd).transpose(1, 2)  # (B, Hkv, N, Dh)
-        keys = _rotate(k, cos, sin)
-    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)  # (B, H, N, Dh)
-    s = (q @ keys.transpose(-1, -2)).float() * attn.scaling  # (B, H, 1, N)
-    if mask is not None:
-        row = mask[:, :, -1:, :n]  # (B, 1, 1, N)
-        s = s.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else s + row.float()
-    return s.softmax(-1).mean(1)[:, 0]  # (B, N)
+    """Head-averaged attention (B, N) of the last token of ``h_in`` (B, N, D) at ``layer``
+    (:func:`crop.pruning.attention_rows.row_attention`; ``keys``: the layer's cache entry when available)."""
+    rows = last_rows(h_in.shape[0], h_in.shape[1], 1, h_in.device)  # (B, 1)
+    return row_attention(layer, h_in, pos_emb, mask, rows, keys).mean(1)[:, 0]  # (B, N)
 
 
 def top_r_plan(layouts: Sequence[SampleLayout], scores: torch.Tensor, budget: int) -> KeepPlan:

@@ -38,6 +38,7 @@ import torch
 
 from crop.compat import cache_of_kwargs
 from crop.pruning import guards
+from crop.pruning.attention_rows import layer_keys, row_attention  # noqa: F401 - layer_keys re-exported
 from crop.pruning.gather import decode_mask, gather_seq, left_pad_rows, prefill_mask
 from crop.pruning.layout import SampleLayout
 from crop.pruning.plugin import PruneHandle, _check_attn, _check_runtime, _gather_positions, check_supported
@@ -284,51 +285,10 @@ def slot_index(ctx: StageContext, b: int, positions: np.ndarray) -> np.ndarray:
     return offset + np.searchsorted(real, positions)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of x (B, H, N, Dh) with cos/sin (B, N, Dh) (the models' rotate-half form)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, N, Dh)
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def layer_keys(layer: torch.nn.Module, h_in: torch.Tensor, pos_emb) -> torch.Tensor:
-    """Rotated keys (B, Hkv, N, Dh) that ``layer`` computes from its input ``h_in`` (B, N, D)."""
-    attn = layer.self_attn
-    x = layer.input_layernorm(h_in)
-    b, n = x.shape[:2]
-    cos, sin = pos_emb
-    if cos.shape[0] != b:
-        cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
-    k = attn.k_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, N, Dh)
-    return rotate(k, cos, sin)
-
-
 def rows_attention(layer: torch.nn.Module, h_in: torch.Tensor, pos_emb, mask, rows: torch.Tensor) -> torch.Tensor:
-    """Head-averaged attention probabilities (B, Q, N) of query slots ``rows`` (B, Q) at ``layer``.
-
-    The softmax is over every key the query may see (``mask``: the layer's 4-D mask over the
-    slots, bool or additive; None = causal), as the eager attention map of that layer.
-    """
-    attn = layer.self_attn
-    x = layer.input_layernorm(h_in)  # (B, N, D)
-    b, n = x.shape[:2]
-    hd = attn.head_dim
-    cos, sin = pos_emb
-    if cos.shape[0] != b:
-        cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
-    xq = gather_seq(x, rows, dim=1)  # (B, Q, D)
-    q = attn.q_proj(xq).view(b, rows.shape[1], -1, hd).transpose(1, 2)  # (B, H, Q, Dh)
-    q = rotate(q, gather_seq(cos, rows, 1), gather_seq(sin, rows, 1))
-    k = layer_keys(layer, h_in, (cos, sin))
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, N, Dh)
-    s = (q @ k.transpose(-1, -2)).float() * attn.scaling  # (B, H, Q, N)
-    if mask is None:
-        allowed = rows[:, :, None] >= torch.arange(n, device=rows.device)[None, None, :]  # causal (B, Q, N)
-        s = s.masked_fill(~allowed[:, None], float("-inf"))
-    else:
-        m = gather_seq(mask[:, :, :, :n], rows, dim=2)  # (B, 1, Q, N)
-        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
-    return s.softmax(-1).mean(1)  # (B, Q, N)
+    """Head-averaged attention probabilities (B, Q, N) of query slots ``rows`` (B, Q) at ``layer``
+    (:func:`crop.pruning.attention_rows.row_attention`)."""
+    return row_attention(layer, h_in, pos_emb, mask, rows).mean(1)
 
 
 def geometric_counts(n: int, budget: int, stages: int) -> list[int]:

@@ -50,7 +50,7 @@ import torch
 from crop.compat import cache_of_kwargs
 from crop.geometry import all_rects, best_rect_within_budget, smallest_rect_with_share
 from crop.pruning import guards
-from crop.pruning.fastv import _rotate
+from crop.pruning.attention_rows import last_rows, row_attention
 from crop.pruning.layout import SampleLayout, ViewGrid
 from crop.pruning.plugin import PruneHandle, check_supported
 from crop.pruning.region_map import (
@@ -76,28 +76,8 @@ def query_attention(layer: torch.nn.Module, h_in: torch.Tensor, pos_emb, mask, k
     (bool or additive) or None (sdpa's implicit causal mask); causality among the Q query rows is
     applied here in either case.
     """
-    attn = layer.self_attn
-    x = layer.input_layernorm(h_in)  # (B, N, D)
-    batch, n = x.shape[:2]
-    q_rows = int(query_rows)
-    hd = attn.head_dim
-    cos, sin = pos_emb
-    if cos.shape[0] != batch:
-        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
-    q = attn.q_proj(x[:, -q_rows:]).view(batch, q_rows, -1, hd).transpose(1, 2)  # (B, H, Q, Dh)
-    q = _rotate(q, cos[:, -q_rows:], sin[:, -q_rows:])
-    if keys is None:
-        k = attn.k_proj(x).view(batch, n, -1, hd).transpose(1, 2)  # (B, Hkv, N, Dh)
-        keys = _rotate(k, cos, sin)
-    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)  # (B, H, N, Dh)
-    s = (q @ keys.transpose(-1, -2)).float() * attn.scaling  # (B, H, Q, N)
-    query_pos = torch.arange(n - q_rows, n, device=s.device)
-    causal = torch.arange(n, device=s.device)[None, :] <= query_pos[:, None]  # (Q, N)
-    s = s.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        rows = mask[:, :, -q_rows:, :n]  # (B, 1, Q, N)
-        s = s.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else s + rows.float()
-    return s.softmax(-1)
+    rows = last_rows(h_in.shape[0], h_in.shape[1], int(query_rows), h_in.device)  # (B, Q)
+    return row_attention(layer, h_in, pos_emb, mask, rows, keys)
 
 
 def reduce_heads(att: torch.Tensor, heads: Any = "mean") -> torch.Tensor:
