@@ -74,37 +74,15 @@ def _draw(draw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int
 def make_sample(rng: random.Random, index: int, spec: SyntheticSpec = SyntheticSpec(),
                 split: str = "train") -> dict:
     """One sample; everything drawn from ``rng`` so a seed fixes the whole set."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     s = spec.size
-    base = rng.randint(110, 170)
-    img = Image.new("RGB", (s, s), (base, base, base))
-    # noise from the seeded rng (PIL's effect_noise is not seedable, which broke reproducibility)
-    noise_seed = rng.getrandbits(32)  # drawn for both backgrounds: the rest of the stream stays aligned
-    if spec.background == "noise":
-        noise = np.random.default_rng(noise_seed).normal(128, 12, (s, s, 1)).clip(0, 255)
-        img = Image.blend(img, Image.fromarray(np.repeat(noise, 3, axis=2).astype(np.uint8)), 0.15)
-    draw = ImageDraw.Draw(img)
-    colours = rng.sample(sorted(COLOURS), spec.objects)
-    placed: list[tuple[str, str, tuple[int, int, int, int]]] = []
-    for colour in colours:
-        for _ in range(100):
-            w, h = rng.randint(spec.min_side, spec.max_side), rng.randint(spec.min_side, spec.max_side)
-            x1, y1 = rng.randint(0, s - w), rng.randint(0, s - h)
-            box = (x1, y1, x1 + w, y1 + h)
-            if all(not _overlaps(box, other) for _, _, other in placed):
-                break
-        shape = rng.choice(SHAPES)
-        _draw(draw, shape, box, COLOURS[colour])
-        placed.append((colour, shape, box))
+    img, placed = _draw_shapes(rng, spec, spec.objects)
     colour, shape, box = placed[rng.randrange(len(placed))]
     question = rng.choice(TEMPLATES).format(colour=colour, shape=shape)
     region = box_px_to_region(box, s, s, spec.grid)
     record = region_record(
         source="synthetic", source_id=f"{split}-{index}", source_file=f"synthetic-{split}",
         image=f"synthetic/{split}/{index}.png", image_width=s, image_height=s, question=question,
-        answer=colour, 
+        answer=colour,
         boxes_xyxy_px=[box], union_box_xyxy_px=box, region_blocks=list(region), grid_size=spec.grid,
     )
     return {"__key__": record["key"], "json": record, "image": img}
@@ -175,7 +153,8 @@ def _draw_shapes(rng: random.Random, spec: SyntheticSpec, count: int):
     s = spec.size
     base = rng.randint(110, 170)
     img = Image.new("RGB", (s, s), (base, base, base))
-    noise_seed = rng.getrandbits(32)
+    # noise from the seeded rng (PIL's effect_noise is not seedable, which broke reproducibility)
+    noise_seed = rng.getrandbits(32)  # drawn for both backgrounds: the rest of the stream stays aligned
     if spec.background == "noise":
         noise = np.random.default_rng(noise_seed).normal(128, 12, (s, s, 1)).clip(0, 255)
         img = Image.blend(img, Image.fromarray(np.repeat(noise, 3, axis=2).astype(np.uint8)), 0.15)
