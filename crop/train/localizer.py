@@ -311,8 +311,7 @@ def run(args: argparse.Namespace) -> int:
         accel.leave_process_group()
     if out["stopped"] is not None:
         if out["rank"] == 0:
-            print(f"stopped by {signal.Signals(out['stopped']).name} at step {out['steps']}; checkpoint "
-                  f"{out['checkpoint']}\nresume with: {run_folder.resume_command()}", file=sys.stderr)
+            print(run_folder.stopped_message(out["stopped"], out["steps"], out["checkpoint"]), file=sys.stderr)
         return 128 + out["stopped"]
     if out["rank"] != 0:
         return 0

@@ -695,11 +695,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         accel.leave_process_group()
     if summary["stopped"] is not None:
-        import signal as _signal
-
         if summary["rank"] == 0:
-            print(f"stopped by {_signal.Signals(summary['stopped']).name} at step {summary['step']}; checkpoint "
-                  f"{summary['checkpoint']}\nresume with: {run_folder.resume_command()}", file=sys.stderr)
+            print(run_folder.stopped_message(summary["stopped"], summary["step"], summary["checkpoint"]),
+                  file=sys.stderr)
         return 128 + summary["stopped"]
     if summary["rank"] == 0:
         log.info("done: %s", summary)

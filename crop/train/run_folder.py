@@ -123,6 +123,14 @@ def prune_checkpoints(folders: list[Path], keep: int) -> list[Path]:
     return doomed
 
 
+def stopped_message(signum: int, step: int, checkpoint: str) -> str:
+    """What a trainer stopped by a signal prints (rank 0): the step, its checkpoint, the resume command."""
+    import signal
+
+    return (f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}\n"
+            f"resume with: {resume_command()}")
+
+
 def resume_command(argv: list[str] | None = None) -> str:
     """The command line that resumes this run: the one that started it (a rerun resumes by rule)."""
     argv = list(sys.argv if argv is None else argv)

@@ -65,6 +65,21 @@ def test_eval_ilp_keeps_the_union_of_several_regions(tiny_llava_dir, tiny_benchm
     assert [r["visual_tokens_kept"] for r in one] == [2, 4]
 
 
+def _predict_then_eval(localizer_dir, model_dir, bench, tmp_path) -> None:
+    """``crop predict-regions`` with a trained localizer (regions_blocks rows), then crop eval ILP with them."""
+    from crop.models import localizer_cmd
+
+    regions = tmp_path / "predicted.jsonl"
+    args = argparse.Namespace(model=localizer_dir, input=[bench["question_file"]], image_root=bench["image_folder"],
+                              output=str(regions), batch_size=2, max_new_tokens=12, limit=0, device="cpu",
+                              max_regions=0)
+    assert localizer_cmd.run(args) == 0
+    predicted = read_jsonl(regions)
+    assert [r["key"] for r in predicted] == ["q0", "q1"] and all("regions_blocks" in r for r in predicted)
+    rows = _eval(model_dir, bench, tmp_path / "eval", regions=str(regions))
+    assert len(rows) == 2 and all(0 < r["visual_tokens_kept"] <= 16 for r in rows)
+
+
 def _two_shape_records(n: int):
     """Region samples whose two boxes lie far apart, made by THE multi-region function."""
     from PIL import Image, ImageDraw
@@ -97,7 +112,6 @@ def test_records_to_datasets_to_localizer_to_eval(tiny_llava_dir, tiny_benchmark
 
     from crop.contract import shard_features
     from crop.data.synthetic_localization import write_shards
-    from crop.models import localizer_cmd
     from crop.models.localizer import Localizer
     from crop.train.localizer import config_from_dict, train
 
@@ -117,16 +131,7 @@ def test_records_to_datasets_to_localizer_to_eval(tiny_llava_dir, tiny_benchmark
     loc = Localizer.from_pretrained(result["final_dir"], device="cpu", dtype="float32")
     assert loc.max_regions == 2  # read back from the run's train_config.yaml
 
-    bench = tiny_benchmarks["gqa"]
-    regions = tmp_path / "predicted.jsonl"
-    args = argparse.Namespace(model=result["final_dir"], input=[bench["question_file"]], image_root=bench["image_folder"],
-                              output=str(regions), batch_size=2, max_new_tokens=12, limit=0, device="cpu",
-                              max_regions=0)
-    assert localizer_cmd.run(args) == 0
-    predicted = read_jsonl(regions)
-    assert [r["key"] for r in predicted] == ["q0", "q1"] and all("regions_blocks" in r for r in predicted)
-    rows = _eval(tiny_llava_dir, bench, tmp_path / "eval", regions=str(regions))
-    assert len(rows) == 2 and all(0 < r["visual_tokens_kept"] <= 16 for r in rows)
+    _predict_then_eval(result["final_dir"], tiny_llava_dir, tiny_benchmarks["gqa"], tmp_path)
 
 
 def test_demo_corpus_with_multi_box_regions_builds_loads_trains_and_evaluates(tiny_llava_dir, tiny_benchmarks,
@@ -143,7 +148,6 @@ def test_demo_corpus_with_multi_box_regions_builds_loads_trains_and_evaluates(ti
 
     from crop import contract
     from crop.geometry.multi_region import bounding_region
-    from crop.models import localizer_cmd
     from crop.train.localizer import config_from_dict, train
     from pipelines.main import run
 
@@ -177,11 +181,4 @@ def test_demo_corpus_with_multi_box_regions_builds_loads_trains_and_evaluates(ti
                             "save_every": 0, "max_length": 512})
     result = train(cfg, log=lambda s: None)
     assert result["steps"] == 2 and all(v == v for v in result["losses"])
-    bench = tiny_benchmarks["gqa"]
-    regions = tmp_path / "predicted.jsonl"
-    args = argparse.Namespace(model=result["final_dir"], input=[bench["question_file"]], image_root=bench["image_folder"],
-                              output=str(regions), batch_size=2, max_new_tokens=12, limit=0, device="cpu",
-                              max_regions=0)
-    assert localizer_cmd.run(args) == 0
-    rows = _eval(tiny_llava_dir, bench, tmp_path / "eval", regions=str(regions))
-    assert len(rows) == 2 and all(0 < r["visual_tokens_kept"] <= 16 for r in rows)
+    _predict_then_eval(result["final_dir"], tiny_llava_dir, tiny_benchmarks["gqa"], tmp_path)
